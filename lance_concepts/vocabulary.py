@@ -270,3 +270,44 @@ def load_vocabulary(spec) -> Vocabulary:
         f"vocabulary {spec!r} is not a file, a built-in ({', '.join(BUILTIN_VOCABULARIES)}) "
         f"or a SpLiCE list ({', '.join(REMOTE_VOCABULARIES)})"
     )
+
+
+def _read_text_column(source, column: str, table: str = "images") -> list:
+    """The values of one text column of a CSV/Parquet/JSONL file, a Lance dataset or a LanceDB table."""
+    path = Path(str(source)).expanduser()
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        import pyarrow.csv as pacsv
+
+        opts = pacsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ",")
+        data = pacsv.read_csv(path, parse_options=opts, convert_options=pacsv.ConvertOptions(include_columns=[column]))
+    elif suffix in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        data = pq.read_table(path, columns=[column])
+    elif suffix in (".jsonl", ".ndjson", ".json"):
+        import pyarrow.json as pajson
+
+        data = pajson.read_json(path).select([column])
+    elif suffix == ".lance":
+        import lance
+
+        data = lance.dataset(str(path)).to_table(columns=[column])
+    else:  # a LanceDB database (directory or URI)
+        import lancedb
+
+        data = lancedb.connect(str(source)).open_table(table).to_lance().to_table(columns=[column])
+    return data.column(column).to_pylist()
+
+
+def build_vocabulary(source, column: str = "caption", table: str = "images", top_n: int = 10_000,
+                     min_count: int = 2, bigrams: bool = True) -> Vocabulary:
+    """A vocabulary from a caption column: top-N words and bigrams by frequency (see ``Vocabulary.from_texts``)."""
+    try:
+        texts = _read_text_column(source, column, table)
+    except KeyError:
+        raise VocabularyError(f"{source} has no column {column!r}") from None
+    except (FileNotFoundError, ValueError) as exc:
+        raise VocabularyError(f"cannot read column {column!r} from {source}: {exc}") from None
+    return Vocabulary.from_texts(texts, top_n=top_n, min_count=min_count, bigrams=bigrams,
+                                 name=f"captions:{Path(str(source)).stem}.{column}")
