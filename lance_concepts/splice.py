@@ -1,0 +1,720 @@
+"""SpLiCE: sparse, non-negative decomposition of CLIP image embeddings into concept embeddings.
+
+Method (faithful to Bhalla et al., NeurIPS 2024, and to the authors' code)
+--------------------------------------------------------------------------
+Dictionary: ``E = normalize(text_embeddings)``, ``D = normalize(E - E.mean(0))`` (rows = concepts,
+the concept mean is the mean over the vocabulary given). For each raw image embedding ``x``::
+
+    z = normalize(x);  v = normalize(z - image_mean)
+    w = argmin_{w >= 0} ||D^T w - v||^2 + lam * ||w||_1          (lam = ``l1_penalty``)
+    z_hat = normalize(normalize(w @ D) + image_mean);  cosine = z_hat . z
+
+``lam`` is the authors' ``l1_penalty``. The paper writes the penalty as ``2 * lambda * ||w||_1``, so
+paper ``lambda = lam / 2``; scikit-learn's ``Lasso(positive=True, fit_intercept=False)`` on
+``(D^T, v)`` solves the same problem with ``alpha = lam / (2 * d)``. The image mean is *not*
+renormalised (the authors' MSCOCO mean has norm ~0.56).
+
+Solver (the improvement; the objective is unchanged)
+----------------------------------------------------
+The authors solve one image at a time with scikit-learn's coordinate descent over all ``c`` concepts
+(~28 embeddings/s for 10k concepts on 2 cores), or with an ADMM that factorises a ``c x c`` matrix.
+Here a batch of images is solved at once with a *working-set* method whose full-dictionary work is
+a handful of dense matrix products, and whose per-image work is on small problems:
+
+1. ``C = V D^T`` for the whole batch: one BLAS GEMM (torch; CPU or CUDA).
+2. Per image, a working set ``W`` (initially the ``working_set`` concepts with the largest
+   ``C - lam/2``; later the current support plus the strongest KKT violators, growing with the
+   support) and the small problem on it: ``min 0.5 w'G w - q'w, w >= 0`` with ``G = D_W D_W^T``,
+   ``q = D_W v - lam/2``. Gathers and the small Grams are batched (``bmm``).
+3. The small problems are solved *exactly*, all images in lock-step (numpy, float64): a few sweeps
+   of vectorised coordinate descent identify the support, then block principal pivoting
+   (Kim & Park's NNLS method, with Murty's single-pivot backup rule, which guarantees finite
+   termination for a positive-definite ``G``) polishes it: solve ``G_FF w_F = q_F`` on the guessed
+   support, swap the variables that violate primal or dual feasibility, repeat. With a good guess
+   this is one batched solve.
+4. Optimality is then *verified on the full dictionary*: residuals ``R = V - W D`` and one GEMM
+   ``R D^T`` give every concept's KKT residual. An image is accepted when its largest violation,
+   in the gradient units of the objective (``lam - 2 d_j^T r``), is at most ``kkt_tol``; otherwise
+   its violators enter its working set and only the images not yet accepted go round again.
+
+Why this road: CLIP vocabularies are coherent (rows highly correlated), so the support of a solution
+is not the top of the initial correlations (support concepts are often ranked in the hundreds), and
+any method that touches the full dictionary per image per iteration (sklearn's CD, homotopy/LARS)
+pays a ``c x d`` matrix-vector product, which is memory-bound. Batching the full-dictionary passes
+into GEMMs makes them compute-bound; a typical image needs 3 to 5 of them (including the final
+verification) at lam 0.25, and the rest of the work is on ``|W| ~ 30-100`` variables. No ``c x c``
+matrix is formed: the Gram rows a GEMM round would need are as expensive as the round itself, and a
+10k x 10k Gram costs 400 MB. Results are exact solutions of the stated problem up to ``kkt_tol``
+(float32 round-off in the dictionary products adds ~1e-6), deterministic for a given input and batch
+size, and agree with scikit-learn's tightly converged solution (tests: objective within 1e-4
+relative, support Jaccard >= 0.95).
+
+Duplicate dictionary rows are solved once; their weight goes to the first occurrence. A concept
+whose centred embedding is zero (only possible in a one-concept vocabulary) is never used.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+from .errors import InputError
+
+__all__ = [
+    "SpliceDecomposer",
+    "decompose",
+    "estimate_image_mean",
+    "load_image_mean",
+    "kkt_violation",
+    "lasso_objective",
+    "prepare_dictionary",
+    "center_embeddings",
+    "SpliceConvergenceWarning",
+]
+
+
+class SpliceConvergenceWarning(UserWarning):
+    """Some images did not reach the KKT tolerance within ``max_rounds`` working-set rounds."""
+
+
+# --------------------------------------------------------------------------------------------
+# input handling
+# --------------------------------------------------------------------------------------------
+
+def _to_numpy(a, name: str, *, ndim: int | tuple[int, ...] = 2) -> np.ndarray:
+    """numpy / torch / array-like -> float64 numpy array, validated (finite, right rank)."""
+    if a is None:
+        raise InputError(f"{name} is missing")
+    try:
+        import torch
+
+        if isinstance(a, torch.Tensor):
+            a = a.detach().to("cpu", torch.float64).numpy()
+    except ImportError:  # pragma: no cover - torch is a hard dependency of the project
+        pass
+    if sp.issparse(a):
+        a = a.toarray()
+    try:
+        arr = np.asarray(a, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{name} is not a numeric array: {exc}") from None
+    dims = (ndim,) if isinstance(ndim, int) else ndim
+    if arr.ndim not in dims:
+        raise InputError(f"{name} must have {' or '.join(map(str, dims))} dimensions, got shape {arr.shape}")
+    if arr.size and not np.isfinite(arr).all():
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        raise InputError(f"{name} contains NaN or infinite values (first at index {tuple(int(i) for i in bad)})")
+    return arr
+
+
+def _unit_rows(a: np.ndarray, name: str, *, allow_zero: bool = False) -> np.ndarray:
+    norms = np.linalg.norm(a, axis=-1, keepdims=True)
+    zero = norms[..., 0] == 0
+    if zero.any() and not allow_zero:
+        i = int(np.flatnonzero(zero.reshape(-1))[0])
+        raise InputError(f"{name}: row {i} has zero norm and cannot be normalised")
+    return a / np.where(norms == 0, 1.0, norms)
+
+
+def prepare_dictionary(dictionary) -> np.ndarray:
+    """Raw concept text embeddings (c, d) -> SpLiCE dictionary ``normalize(E - E.mean(0))`` (float32).
+
+    ``E`` is the row-normalised input. A row whose centred embedding is zero stays zero (it can never
+    receive weight)."""
+    E = _unit_rows(_to_numpy(dictionary, "dictionary"), "dictionary")
+    if E.shape[0] == 0:
+        raise InputError("dictionary is empty (no concepts)")
+    Dc = E - E.mean(0)
+    norms = np.linalg.norm(Dc, axis=1, keepdims=True)
+    tiny = norms[:, 0] <= 1e-12
+    Dc[tiny] = 0.0
+    norms[tiny] = 1.0
+    return (Dc / norms).astype(np.float32)
+
+
+def estimate_image_mean(embeddings) -> np.ndarray:
+    """Mean of the L2-normalised embeddings (d,), float32; like the authors' MSCOCO means, not renormalised."""
+    Z = _unit_rows(_to_numpy(embeddings, "embeddings"), "embeddings")
+    if Z.shape[0] == 0:
+        raise InputError("cannot estimate an image mean from zero embeddings")
+    return Z.mean(0).astype(np.float32)
+
+
+def load_image_mean(path) -> np.ndarray:
+    """A reference image mean saved with ``np.save`` (e.g. the authors' ``*_image_mean.npy``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"image mean file not found: {path}")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error
+        raise InputError(f"cannot read image mean {path}: {exc}") from None
+    return _to_numpy(np.asarray(arr).reshape(-1), f"image mean {path.name}", ndim=1).astype(np.float32)
+
+
+def center_embeddings(embeddings, image_mean) -> np.ndarray:
+    """Raw image embeddings (n, d) -> ``normalize(normalize(x) - image_mean)`` (float32)."""
+    X = _to_numpy(embeddings, "embeddings")
+    m = _to_numpy(image_mean, "image_mean", ndim=1)
+    if X.shape[1] != m.shape[0]:
+        raise InputError(f"embeddings have dimension {X.shape[1]} but image_mean has {m.shape[0]}")
+    Z = _unit_rows(X, "embeddings")
+    return _unit_rows(Z - m, "centred embeddings").astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# optimality measures (float64, chunked; used by tests and available to users)
+# --------------------------------------------------------------------------------------------
+
+def _weights_dense_rows(weights, rows: slice, c: int) -> np.ndarray:
+    if sp.issparse(weights):
+        return np.asarray(weights[rows].toarray(), dtype=np.float64)
+    return np.asarray(weights[rows], dtype=np.float64).reshape(-1, c)
+
+
+def kkt_violation(D, V, weights, l1_penalty: float, *, chunk: int = 256) -> np.ndarray:
+    """Largest KKT violation per image of ``min_{w>=0} ||D^T w - v||^2 + lam ||w||_1``.
+
+    ``D`` (c, d) is the prepared (centred, normalised) dictionary, ``V`` (n, d) the centred image
+    embeddings, ``weights`` (n, c) dense or sparse. With ``g_j = lam - 2 d_j^T (v - D^T w)`` (the
+    gradient of the smooth part plus the penalty), optimality is ``g_j = 0`` where ``w_j > 0`` and
+    ``g_j >= 0`` where ``w_j = 0``; the violation is ``max(max_{w_j>0} |g_j|, max_{w_j=0} -g_j, 0)``,
+    plus ``-min(w)`` if some weight is negative. Computed in float64 on the full dictionary."""
+    D = np.asarray(D, dtype=np.float64)
+    V = np.asarray(V, dtype=np.float64).reshape(-1, D.shape[1])
+    n, c = V.shape[0], D.shape[0]
+    out = np.zeros(n)
+    for s in range(0, n, chunk):
+        rows = slice(s, min(n, s + chunk))
+        W = _weights_dense_rows(weights, rows, c)
+        R = V[rows] - W @ D
+        g = l1_penalty - 2.0 * (R @ D.T)
+        pos = W > 0
+        viol = np.where(pos, np.abs(g), np.maximum(-g, 0.0)).max(1) if c else np.zeros(len(W))
+        neg = np.maximum(-W.min(1), 0.0) if c else 0.0
+        out[rows] = np.maximum(viol, neg)
+    return out
+
+
+def lasso_objective(D, V, weights, l1_penalty: float, *, chunk: int = 1024) -> np.ndarray:
+    """``||D^T w - v||^2 + lam * ||w||_1`` per image (float64)."""
+    D = np.asarray(D, dtype=np.float64)
+    V = np.asarray(V, dtype=np.float64).reshape(-1, D.shape[1])
+    n, c = V.shape[0], D.shape[0]
+    out = np.zeros(n)
+    for s in range(0, n, chunk):
+        rows = slice(s, min(n, s + chunk))
+        W = _weights_dense_rows(weights, rows, c)
+        R = W @ D - V[rows]
+        out[rows] = (R * R).sum(1) + l1_penalty * np.abs(W).sum(1)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# small-problem solvers: all images of a round in lock-step, numpy float64
+# --------------------------------------------------------------------------------------------
+
+def _batched_matvec(G: np.ndarray, x: np.ndarray) -> np.ndarray:
+    return np.matmul(G, x[:, :, None])[:, :, 0]
+
+
+def _cd_sweeps(G: np.ndarray, q: np.ndarray, x: np.ndarray, sweeps: int) -> np.ndarray:
+    """Coordinate descent on ``0.5 x'Gx - q'x, x >= 0`` for all images at once (in place on x)."""
+    if sweeps <= 0 or x.shape[1] == 0:
+        return x
+    K = x.shape[1]
+    g = q - _batched_matvec(G, x)  # negative gradient
+    inv_diag = 1.0 / np.diagonal(G, axis1=1, axis2=2)
+    tmp = np.empty_like(g)
+    for _ in range(sweeps):
+        for j in range(K):
+            xj = x[:, j]
+            new = xj + g[:, j] * inv_diag[:, j]
+            np.maximum(new, 0.0, out=new)
+            delta = new - xj
+            if not delta.any():
+                continue
+            x[:, j] = new
+            np.multiply(G[:, j, :], delta[:, None], out=tmp)
+            g -= tmp
+    return x
+
+
+def _masked_solve(G: np.ndarray, q: np.ndarray, F: np.ndarray) -> np.ndarray:
+    """Solve ``G_FF z_F = q_F`` per image (z = 0 off F) as one batched LAPACK call."""
+    n, K = q.shape
+    M = np.where(F[:, :, None] & F[:, None, :], G, 0.0)
+    diag = np.arange(K)
+    M[:, diag, diag] += np.where(F, 1e-12, 1.0)  # identity off F; a 1e-12 ridge keeps G_FF regular
+    rhs = np.where(F, q, 0.0)
+    try:
+        z = np.linalg.solve(M, rhs[:, :, None])[:, :, 0]
+    except np.linalg.LinAlgError:
+        z = np.stack([np.linalg.lstsq(M[i], rhs[i], rcond=None)[0] for i in range(n)])
+    return np.where(F, z, 0.0)
+
+
+def _bpp(G: np.ndarray, q: np.ndarray, F: np.ndarray, valid: np.ndarray, eps: float, max_iter: int):
+    """Block principal pivoting for ``min 0.5 x'Gx - q'x, x >= 0`` (Kim & Park 2011), batched.
+
+    Returns (x, converged). Finite termination for positive-definite G thanks to Murty's backup
+    rule; ``max_iter`` is a safety net (the caller keeps its previous feasible point)."""
+    n, K = q.shape
+    x = np.zeros_like(q)
+    converged = np.zeros(n, dtype=bool)
+    F = F & valid
+    alpha = np.full(n, 3)
+    beta = np.full(n, K + 1)
+    act = np.arange(n)
+    for _ in range(max_iter):
+        Ga, qa, Fa = G[act], q[act], F[act]
+        z = _masked_solve(Ga, qa, Fa)
+        y = _batched_matvec(Ga, z) - qa
+        bad = (Fa & (z < 0.0)) | (~Fa & valid[act] & (y < -eps))
+        nbad = bad.sum(1)
+        ok = nbad == 0
+        if ok.any():
+            x[act[ok]] = z[ok]
+            converged[act[ok]] = True
+        rest = ~ok
+        if not rest.any():
+            break
+        act, bad, nbad = act[rest], bad[rest], nbad[rest]
+        a, b = alpha[act], beta[act]
+        full = nbad < b
+        dec = ~full & (a >= 1)
+        single = ~full & ~dec
+        beta[act[full]] = nbad[full]
+        alpha[act[full]] = 3
+        alpha[act[dec]] = a[dec] - 1
+        flip = bad.copy()
+        if single.any():
+            last = K - 1 - np.argmax(bad[single][:, ::-1], axis=1)
+            flip[single] = False
+            flip[np.flatnonzero(single), last] = True
+        F[act] ^= flip
+    return x, converged
+
+
+# --------------------------------------------------------------------------------------------
+# the decomposer
+# --------------------------------------------------------------------------------------------
+
+def _resolve_device(device: str) -> str:
+    import torch
+
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} requested but CUDA is not available")
+    return str(device)
+
+
+class SpliceDecomposer:
+    """SpLiCE decomposition of CLIP image embeddings over a concept dictionary (scikit-learn style).
+
+    Parameters
+    ----------
+    dictionary : (c, d) array or torch tensor
+        RAW concept text embeddings (un-normalised, un-centred), one row per concept. The SpLiCE
+        dictionary ``normalize(E - E.mean(0))`` (``E`` = normalised rows) is built in :meth:`fit`.
+    image_mean : (d,) vector, path to a ``.npy`` file, or ``None`` / ``"estimate"``
+        The mean of L2-normalised image embeddings used for centring (not renormalised). With
+        ``None``/``"estimate"`` it is estimated as the mean of the normalised embeddings given to
+        :meth:`fit`, or, if :meth:`fit` got none, to the first :meth:`decompose` call; it is then
+        kept. Fit on the whole collection for a mean that does not depend on the first batch.
+    l1_penalty : float
+        ``lam`` of ``||D^T w - v||^2 + lam ||w||_1`` (authors' default 0.25; paper lambda = lam/2;
+        sklearn ``alpha = lam / (2 d)``). Larger means sparser.
+    kkt_tol : float
+        Stopping rule: an image's solution is accepted when its largest KKT violation on the full
+        dictionary (gradient units, see :func:`kkt_violation`) is at most ``kkt_tol``. float32
+        products put a floor of ~1e-6 under it.
+    max_rounds : int
+        Working-set rounds (one dictionary GEMM each) before giving up on an image; the unfinished
+        ones keep their best feasible solution and a :class:`SpliceConvergenceWarning` is emitted.
+    working_set, grow, min_add : int, float, int
+        Initial working-set size; later rounds use ``support + max(min_add, (grow - 1) * |support|)``
+        candidates (the strongest violators).
+    cd_sweeps : int
+        Coordinate-descent sweeps before the exact pivoting polish in each round.
+    max_pivots : int
+        Safety cap on block-principal-pivoting iterations per round.
+    batch_size : int
+        Images per batch (bounds memory: about ``batch_size * c * 4`` bytes for the correlations).
+    device : "auto" | "cpu" | "cuda[:i]"
+        Where the dictionary products run (torch). Small problems always run on the CPU.
+    concepts : optional list of concept names (same order as ``dictionary``), for :meth:`intervene`.
+    """
+
+    def __init__(
+        self,
+        dictionary,
+        image_mean=None,
+        l1_penalty: float = 0.25,
+        *,
+        kkt_tol: float = 1e-4,
+        max_rounds: int = 50,
+        working_set: int = 64,
+        grow: float = 2.0,
+        min_add: int = 16,
+        cd_sweeps: int = 8,
+        max_pivots: int = 100,
+        batch_size: int = 1024,
+        device: str = "auto",
+        concepts: Sequence[str] | None = None,
+    ):
+        self.dictionary = dictionary
+        self.image_mean = image_mean
+        self.l1_penalty = l1_penalty
+        self.kkt_tol = kkt_tol
+        self.max_rounds = max_rounds
+        self.working_set = working_set
+        self.grow = grow
+        self.min_add = min_add
+        self.cd_sweeps = cd_sweeps
+        self.max_pivots = max_pivots
+        self.batch_size = batch_size
+        self.device = device
+        self.concepts = concepts
+
+    # ---------------------------------------------------------------- fitting
+    def _check_params(self):
+        lam = self.l1_penalty
+        if not (isinstance(lam, (int, float, np.floating)) and math.isfinite(lam) and lam > 0):
+            raise InputError(f"l1_penalty must be a positive number, got {lam!r}")
+        if not (self.kkt_tol > 0):
+            raise InputError(f"kkt_tol must be positive, got {self.kkt_tol!r}")
+        if int(self.batch_size) < 1 or int(self.max_rounds) < 1 or int(self.working_set) < 1:
+            raise InputError("batch_size, max_rounds and working_set must be >= 1")
+
+    def fit(self, embeddings=None) -> "SpliceDecomposer":
+        """Build the dictionary (``dictionary_``, ``concept_mean_``) and fix ``image_mean_``."""
+        import torch
+
+        self._check_params()
+        raw = _to_numpy(self.dictionary, "dictionary")
+        if raw.shape[0] == 0 or raw.shape[1] == 0:
+            raise InputError(f"dictionary is empty: shape {raw.shape}")
+        E = _unit_rows(raw, "dictionary")
+        self.concept_mean_ = E.mean(0).astype(np.float32)
+        self.dictionary_ = prepare_dictionary(raw)
+        self.n_concepts_, self.dim_ = self.dictionary_.shape
+        if self.concepts is not None and len(self.concepts) != self.n_concepts_:
+            raise InputError(f"{len(self.concepts)} concept names for {self.n_concepts_} dictionary rows")
+
+        # unique, non-zero rows: the solver's dictionary; weights map back to first occurrences
+        D = self.dictionary_
+        nonzero = np.flatnonzero(np.abs(D).sum(1) > 0)
+        _, first, inverse = np.unique(D[nonzero], axis=0, return_index=True, return_inverse=True)
+        keep = np.sort(first)  # positions in `nonzero`, first occurrences, in dictionary order
+        self._solver_to_concept = nonzero[keep]
+        self.n_duplicates_ = int(len(nonzero) - len(keep))
+        self.device_ = _resolve_device(self.device)
+        Du = np.vstack([D[self._solver_to_concept], np.zeros((1, self.dim_), np.float32)])  # + padding row
+        self._Du = torch.from_numpy(np.ascontiguousarray(Du)).to(self.device_)
+        self._cu = len(keep)
+
+        m = self.image_mean
+        if isinstance(m, (str, os.PathLike)) and str(m) != "estimate":
+            m = load_image_mean(m)
+        if m is None or (isinstance(m, str) and m == "estimate"):
+            self.image_mean_ = estimate_image_mean(embeddings) if embeddings is not None and len(embeddings) else None
+        else:
+            m = _to_numpy(m, "image_mean", ndim=(1, 2)).reshape(-1)
+            if m.shape[0] != self.dim_:
+                raise InputError(f"image_mean has dimension {m.shape[0]} but the dictionary has {self.dim_}")
+            self.image_mean_ = m.astype(np.float32)
+        return self
+
+    def _ensure_fitted(self, embeddings=None):
+        if not hasattr(self, "dictionary_"):
+            self.fit(embeddings)
+        if self.image_mean_ is None:
+            if embeddings is None or len(embeddings) == 0:
+                raise InputError("image_mean is to be estimated but no embeddings were given yet: call fit(embeddings)")
+            self.image_mean_ = estimate_image_mean(embeddings)
+
+    def _prepare(self, embeddings) -> np.ndarray:
+        X = _to_numpy(embeddings, "embeddings", ndim=(1, 2))
+        if X.ndim == 1:
+            X = X[None, :]
+        self._ensure_fitted(X if len(X) else None)
+        if X.shape[1] != self.dim_:
+            raise InputError(f"embeddings have dimension {X.shape[1]} but the dictionary has {self.dim_}")
+        if X.shape[0] == 0:
+            return np.zeros((0, self.dim_), np.float32)
+        return center_embeddings(X, self.image_mean_)
+
+    def transform_input(self, embeddings) -> np.ndarray:
+        """The centred, normalised embeddings ``v`` the decomposition fits (n, d) float32."""
+        return self._prepare(embeddings)
+
+    # ---------------------------------------------------------------- decomposition
+    def decompose(self, embeddings) -> sp.csr_matrix:
+        """Sparse non-negative concept weights (n, c) float32 CSR for raw image embeddings (n, d)."""
+        V = self._prepare(embeddings)
+        n = V.shape[0]
+        t0 = time.perf_counter()
+        stats = {"n": n, "rounds": np.zeros(n, np.int32), "kkt": np.zeros(n, np.float32)}
+        indptr = [np.zeros(1, np.int64)]
+        indices, data = [], []
+        bs = int(self.batch_size)
+        for s in range(0, n, bs):
+            rows, idx, w, rounds, kkt = self._solve_batch(V[s:s + bs])
+            counts = np.bincount(rows, minlength=min(bs, n - s))
+            indptr.append(indptr[-1][-1] + np.cumsum(counts))
+            indices.append(self._solver_to_concept[idx])
+            data.append(w)
+            stats["rounds"][s:s + bs] = rounds
+            stats["kkt"][s:s + bs] = kkt
+        indptr = np.concatenate(indptr)
+        indices = np.concatenate(indices) if indices else np.zeros(0, np.int64)
+        data = np.concatenate(data).astype(np.float32) if data else np.zeros(0, np.float32)
+        out = sp.csr_matrix((data, indices, indptr), shape=(n, self.n_concepts_), dtype=np.float32)
+        out.sort_indices()
+        stats["seconds"] = time.perf_counter() - t0
+        stats["unconverged"] = int((stats["kkt"] > self.kkt_tol).sum())
+        self.last_stats_ = stats
+        if stats["unconverged"]:
+            warnings.warn(
+                f"{stats['unconverged']} of {n} images did not reach kkt_tol={self.kkt_tol:g} within "
+                f"max_rounds={self.max_rounds} (largest violation {stats['kkt'].max():.3g}); "
+                "their weights are feasible but not optimal",
+                SpliceConvergenceWarning,
+                stacklevel=2,
+            )
+        return out
+
+    def _solve_batch(self, V: np.ndarray):
+        """Working-set solve of one batch. Returns (row, solver-index, weight) triplets sorted by row,
+        plus per-image rounds and final KKT violation."""
+        import torch
+
+        n, d = V.shape
+        lam = float(self.l1_penalty)
+        half = lam / 2.0
+        tol_half = float(self.kkt_tol) / 2.0
+        eps_inner = tol_half * 0.1
+        cu, dummy = self._cu, self._cu
+        Dfull = self._Du  # (cu + 1, d): the last row is the zero padding concept
+        dev = Dfull.device
+        Vt = torch.from_numpy(V).to(dev)
+
+        rounds = np.zeros(n, np.int32)
+        kkt = np.full(n, np.inf, np.float32)
+        S_idx = np.full((n, 0), dummy, np.int64)  # support (padded with the zero padding row)
+        S_w = np.zeros((n, 0))
+        act = np.arange(n)  # images not yet accepted
+        for r in range(int(self.max_rounds) + 1):
+            if not len(act):
+                break
+            # ---- full-dictionary residual correlations for the images still running (one GEMM)
+            Si = S_idx[act]
+            Sw = S_w[act]
+            Rt = Vt if r == 0 else Vt[torch.from_numpy(act).to(dev)]
+            if Si.shape[1]:
+                Rt = Rt - self._combine(Si, Sw)
+            viol = Rt @ Dfull.T  # (na, cu + 1); the padding column is 0
+            viol -= half  # > 0 is a violation for a zero weight
+            rounds[act] += 1
+            if Si.shape[1]:
+                Si_t = torch.from_numpy(Si).to(dev)
+                sup_valid = torch.from_numpy(Si != dummy).to(dev)
+                on_sup = torch.gather(viol, 1, Si_t).abs().masked_fill(~sup_valid, 0).amax(1)
+                viol.scatter_(1, Si_t, -math.inf)  # support (and padding) are not candidates
+            else:
+                on_sup = torch.zeros(len(act), device=dev)
+            off_sup = viol.amax(1)
+            worst = 2.0 * torch.maximum(torch.clamp(off_sup, min=0), on_sup)
+            worst = worst.cpu().numpy()
+            kkt[act] = worst
+            done = worst <= self.kkt_tol
+            if r == int(self.max_rounds) or done.all():
+                act = act[~done]
+                break
+            keep = ~done
+            act, viol = act[keep], viol[torch.from_numpy(keep).to(dev)]
+            Si, Sw = Si[keep], Sw[keep]
+
+            # ---- new working sets: support + strongest violators
+            ns = (Si != dummy).sum(1)
+            if r == 0:
+                m = np.full(len(act), int(self.working_set))
+            else:
+                m = np.maximum(int(self.min_add), np.ceil((self.grow - 1.0) * ns).astype(int))
+            k = int(min(m.max(), cu))
+            vals, cand = torch.topk(viol, k, dim=1)
+            vals, cand = vals.cpu().numpy(), cand.cpu().numpy()
+            take = (np.arange(k)[None, :] < m[:, None]) & (vals > eps_inner)
+            cand = np.where(take, cand, dummy)
+            W = np.concatenate([Si, cand], axis=1)
+            W, Wv = _compact_columns(W, W != dummy, dummy)
+            x0 = np.zeros(W.shape, np.float64)
+            # the support comes first in W (compaction keeps order): copy its weights
+            x0[:, : Si.shape[1]] = np.where(Si != dummy, Sw, 0.0)[:, : W.shape[1]] if Si.shape[1] else 0.0
+
+            G, q = self._gram(W, Vt, act)
+            q = q - half
+            q[~Wv] = -1.0
+            x = _cd_sweeps(G, q, x0, int(self.cd_sweeps))
+            xb, ok = _bpp(G, q, x > 0, Wv, eps_inner, int(self.max_pivots))
+            x = np.where(ok[:, None], xb, x)
+            pos = (x > 0) & Wv
+            S_new, S_wnew = _compact_columns(np.where(pos, W, dummy), pos, dummy, values=np.where(pos, x, 0.0))
+            width = max(S_idx.shape[1], S_new.shape[1])
+            S_idx = _pad_cols(S_idx, width, dummy)
+            S_w = _pad_cols(S_w, width, 0.0)
+            S_idx[act] = _pad_cols(S_new, width, dummy)
+            S_w[act] = _pad_cols(S_wnew, width, 0.0)
+
+        valid = S_idx != dummy
+        rows = np.nonzero(valid)[0]
+        return rows, S_idx[valid], S_w[valid], rounds, kkt
+
+    def _combine(self, Si: np.ndarray, Sw: np.ndarray):
+        """``W D`` for padded supports (na, s) -> torch (na, d), in chunks."""
+        import torch
+
+        D = self._Du
+        out = []
+        step = max(1, (1 << 24) // max(1, Si.shape[1] * self.dim_))
+        for s in range(0, len(Si), step):
+            idx = torch.from_numpy(Si[s:s + step]).to(D.device)
+            w = torch.from_numpy(Sw[s:s + step].astype(np.float32)).to(D.device)
+            out.append(torch.bmm(w[:, None, :], D[idx])[:, 0])
+        return torch.cat(out)
+
+    def _gram(self, W: np.ndarray, Vt, act: np.ndarray):
+        """Per-image Gram ``D_W D_W^T`` (na, K, K) and ``D_W v`` (na, K), float64 numpy."""
+        import torch
+
+        D = self._Du
+        na, K = W.shape
+        G = np.empty((na, K, K))
+        q = np.empty((na, K))
+        step = max(1, (1 << 24) // max(1, (K + 1) * self.dim_))
+        act_t = torch.from_numpy(act).to(D.device)
+        for s in range(0, na, step):
+            Dw = D[torch.from_numpy(W[s:s + step]).to(D.device)]  # (b, K, d)
+            A = torch.cat([Dw, Vt[act_t[s:s + step]][:, None, :]], 1)
+            M = torch.bmm(A, Dw.transpose(1, 2)).cpu().numpy()
+            G[s:s + step] = M[:, :K]
+            q[s:s + step] = M[:, K]
+        pad = W == self._cu
+        if pad.any():
+            ii, jj = np.nonzero(pad)
+            G[ii, jj, :] = 0.0
+            G[ii, :, jj] = 0.0
+            G[ii, jj, jj] = 1.0
+        return G, q
+
+    # ---------------------------------------------------------------- recomposition & editing
+    def _weights(self, weights) -> sp.csr_matrix:
+        if not hasattr(self, "dictionary_"):
+            raise InputError("decomposer is not fitted")
+        if sp.issparse(weights):
+            W = sp.csr_matrix(weights, dtype=np.float32)
+        else:
+            W = sp.csr_matrix(_to_numpy(weights, "weights", ndim=(1, 2)).reshape(-1, self.n_concepts_).astype(np.float32))
+        if W.shape[1] != self.n_concepts_:
+            raise InputError(f"weights have {W.shape[1]} columns but the dictionary has {self.n_concepts_} concepts")
+        if W.nnz and not np.isfinite(W.data).all():
+            raise InputError("weights contain NaN or infinite values")
+        return W
+
+    def recompose(self, weights) -> np.ndarray:
+        """``z_hat = normalize(normalize(w @ D) + image_mean)`` (n, d) float32 (unit norm).
+
+        An all-zero weight row recomposes to ``normalize(image_mean)``."""
+        W = self._weights(weights)
+        if self.image_mean_ is None:
+            raise InputError("image_mean is unknown: call fit(embeddings) or decompose() first")
+        S = np.asarray(W @ self.dictionary_.astype(np.float64))
+        S = _unit_rows(S, "recomposition", allow_zero=True) + self.image_mean_.astype(np.float64)
+        return _unit_rows(S, "recomposition", allow_zero=True).astype(np.float32)
+
+    def cosine(self, embeddings, weights) -> np.ndarray:
+        """Reconstruction quality ``z_hat . normalize(x)`` per image (n,) float32."""
+        X = _to_numpy(embeddings, "embeddings", ndim=(1, 2))
+        X = X[None, :] if X.ndim == 1 else X
+        self._ensure_fitted(X if len(X) else None)
+        if X.shape[1] != self.dim_:
+            raise InputError(f"embeddings have dimension {X.shape[1]} but the dictionary has {self.dim_}")
+        Z = _unit_rows(X, "embeddings")
+        Zh = self.recompose(weights).astype(np.float64)
+        if Zh.shape[0] != Z.shape[0]:
+            raise InputError(f"{Z.shape[0]} embeddings but {Zh.shape[0]} weight rows")
+        return (Zh * Z).sum(1).astype(np.float32)
+
+    def intervene(self, weights, concepts_to_remove) -> sp.csr_matrix:
+        """Zero the weights of the given concepts (indices, or names if ``concepts`` was given).
+
+        Recompose the result to get the edited embeddings (the authors' model editing)."""
+        W = self._weights(weights).copy()
+        if isinstance(concepts_to_remove, (str, int, np.integer)):
+            concepts_to_remove = [concepts_to_remove]
+        idx = []
+        for cpt in concepts_to_remove:
+            if isinstance(cpt, str):
+                if self.concepts is None:
+                    raise InputError("concept names need SpliceDecomposer(..., concepts=[...])")
+                try:
+                    idx.append(list(self.concepts).index(cpt))
+                except ValueError:
+                    raise InputError(f"unknown concept {cpt!r}") from None
+            else:
+                j = int(cpt)
+                if not 0 <= j < self.n_concepts_:
+                    raise InputError(f"concept index {j} out of range [0, {self.n_concepts_})")
+                idx.append(j)
+        if idx and W.nnz:
+            W.data[np.isin(W.indices, np.asarray(idx))] = 0.0
+            W.eliminate_zeros()
+        return W
+
+    # ---------------------------------------------------------------- diagnostics
+    def kkt_violation(self, embeddings, weights) -> np.ndarray:
+        """Largest KKT violation per image on the full dictionary (see :func:`kkt_violation`)."""
+        V = self._prepare(embeddings)
+        return kkt_violation(self.dictionary_, V, self._weights(weights), float(self.l1_penalty))
+
+    def objective(self, embeddings, weights) -> np.ndarray:
+        """``||D^T w - v||^2 + lam ||w||_1`` per image (float64)."""
+        V = self._prepare(embeddings)
+        return lasso_objective(self.dictionary_, V, self._weights(weights), float(self.l1_penalty))
+
+
+def _pad_cols(a: np.ndarray, width: int, fill) -> np.ndarray:
+    if a.shape[1] >= width:
+        return a
+    return np.concatenate([a, np.full((a.shape[0], width - a.shape[1]), fill, a.dtype)], axis=1)
+
+
+def _compact_columns(idx: np.ndarray, keep: np.ndarray, fill, values: np.ndarray | None = None):
+    """Move the kept entries of each row to the front (stable), drop all-padding columns."""
+    order = np.argsort(~keep, axis=1, kind="stable")
+    width = int(keep.sum(1).max()) if keep.size else 0
+    order = order[:, :width]
+    out = np.take_along_axis(idx, order, 1)
+    kept = np.take_along_axis(keep, order, 1)
+    out = np.where(kept, out, fill)
+    if values is None:
+        return out, kept
+    return out, np.where(kept, np.take_along_axis(values, order, 1), 0.0)
+
+
+def decompose(embeddings, dictionary, image_mean=None, l1_penalty: float = 0.25, **kwargs) -> sp.csr_matrix:
+    """One-shot SpLiCE decomposition (see :class:`SpliceDecomposer`).
+
+    ``image_mean=None`` estimates it from ``embeddings`` (mean of the normalised embeddings)."""
+    dec = SpliceDecomposer(dictionary, image_mean, l1_penalty, **kwargs)
+    X = _to_numpy(embeddings, "embeddings", ndim=(1, 2))
+    dec.fit(X if (image_mean is None or (isinstance(image_mean, str) and image_mean == "estimate")) and len(X) else None)
+    return dec.decompose(X)
