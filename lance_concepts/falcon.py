@@ -60,6 +60,14 @@ __all__ = [
     "transfer",
     "model_features",
     "find_last_conv_block",
+    "FalconResult",
+    "TransferResult",
+    "add_features_column",
+    "gradcam_crop_embedder",
+    "largest_box",
+    "crop_to_box",
+    "default_transform",
+    "load_target_model",
     "FEATURES_TABLE",
     "FEATURE_CONCEPTS_TABLE",
     "IMAGE_FEATURES_TABLE",
@@ -741,3 +749,904 @@ class FalconExplainer:
         top = [g.labels(n_labels) for g in self.groups_]
         return {"row": rows, "group_id": gids, "exact": self.image_group_[rows] == gids,
                 "labels": [top[g] for g in gids]}
+
+
+# ----------------------------------------------------------------------------------------------
+# Transfer to another representation of the same images
+# ----------------------------------------------------------------------------------------------
+
+def _ridge(A: np.ndarray, B: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ridge ``B ~ A @ W + b`` on centred columns; ``alpha`` is relative to the mean feature variance."""
+    a_mean = A.mean(axis=0)
+    b_mean = B.mean(axis=0)
+    Ac = A - a_mean
+    gram = (Ac.T @ Ac).astype(np.float64)
+    lam = float(alpha) * max(np.trace(gram) / gram.shape[0], 1e-12)
+    gram[np.diag_indices_from(gram)] += lam
+    rhs = (Ac.T @ (B - b_mean)).astype(np.float64)
+    try:
+        from scipy.linalg import solve
+
+        W = solve(gram, rhs, assume_a="pos")
+    except Exception:  # singular despite the ridge (alpha = 0): least squares
+        W = np.linalg.lstsq(gram, rhs, rcond=None)[0]
+    return W.astype(np.float32), a_mean, b_mean
+
+
+class FalconTransfer:
+    """Carry FALCON labels from an explained representation A to another representation B of the
+    same images through a linear (ridge) map ``B ~ A W``.
+
+    For target feature j, the standardised coefficient ``W[f, j] * std(A_f) / std(B_j)`` says how
+    much A's feature f makes up B's feature j. Each labelled A group scores the mean of its features'
+    coefficients; when the best group scores at least ``min_weight``, the groups scoring at least
+    ``share`` of the best one pass their concept scores, weighted by their score, to feature j
+    (features made of no labelled group stay unlabelled). ``r2_`` is the held-out R^2 of the map (``test_fraction``
+    of the rows held out; the map used for labels is then refitted on all rows).
+    """
+
+    def __init__(self, alpha: float = 1e-3, test_fraction: float = 0.2, random_state: int = 0,
+                 n_terms: int = 8, share: float = 0.5, min_weight: float = 0.2, interpretable_only: bool = False):
+        self.alpha = alpha
+        self.test_fraction = test_fraction
+        self.random_state = random_state
+        self.n_terms = n_terms
+        self.share = share
+        self.min_weight = min_weight
+        self.interpretable_only = interpretable_only
+
+    def fit(self, source_activations, target_activations, source_groups) -> "FalconTransfer":
+        """``source_groups``: a fitted :class:`FalconExplainer` or its ``records()`` (dicts with
+        ``features``, ``concepts``, ``concept_scores``, ``bigrams``, ``bigram_scores``, ``interpretable``)."""
+        A = _unit(np.asarray(source_activations, dtype=np.float32))
+        B = _unit(np.asarray(target_activations, dtype=np.float32))
+        if A.ndim != 2 or B.ndim != 2 or A.shape[0] != B.shape[0]:
+            raise InputError(f"both representations need one row per image; got {A.shape} and {B.shape}")
+        n = A.shape[0]
+        if n < 3:
+            raise InputError("transfer needs at least 3 images")
+        if isinstance(source_groups, FalconExplainer):
+            records = source_groups.records(max_ids=0)
+        else:
+            records = list(source_groups)
+        if self.interpretable_only:
+            records = [r for r in records if r.get("interpretable")]
+        records = [r for r in records if r.get("concepts") or r.get("bigrams")]
+        rng = np.random.default_rng(self.random_state)
+        perm = rng.permutation(n)
+        n_test = int(round(float(self.test_fraction) * n)) if self.test_fraction else 0
+        n_test = min(max(n_test, 0), n - 2)
+        if n_test > 0:
+            test, train = perm[:n_test], perm[n_test:]
+            W, am, bm = _ridge(A[train], B[train], self.alpha)
+            pred = (A[test] - am) @ W + bm
+            resid = ((B[test] - pred) ** 2).sum(axis=0, dtype=np.float64)
+            total = ((B[test] - bm) ** 2).sum(axis=0, dtype=np.float64)
+            self.r2_ = float(1.0 - resid.sum() / max(total.sum(), 1e-30))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                self.r2_per_feature_ = np.where(total > 0, 1.0 - resid / total, np.nan).astype(np.float32)
+        else:
+            self.r2_, self.r2_per_feature_ = float("nan"), np.full(B.shape[1], np.nan, np.float32)
+        W, am, bm = _ridge(A, B, self.alpha)
+        self.coef_ = W
+        sa, sb = A.std(axis=0), B.std(axis=0)
+        sb[sb == 0] = 1.0
+        contrib = W * sa[:, None] / sb[None, :]                     # (mA, mB), standardised
+        self.contributions_ = contrib
+        self.n_features_in_, self.n_targets_ = A.shape[1], B.shape[1]
+        if not records:
+            self.labels_ = [self._empty(j) for j in range(B.shape[1])]
+            return self
+        # group scores: mean coefficient of the group's features, (G, mB)
+        gs = np.stack([contrib[np.asarray(r["features"], dtype=np.int64)].mean(axis=0) for r in records])
+        self.group_scores_ = gs
+        labels = []
+        for j in range(B.shape[1]):
+            col = gs[:, j]
+            best = float(col.max())
+            if not (best > 0 and best >= float(self.min_weight)):
+                labels.append(self._empty(j))
+                continue
+            chosen = np.flatnonzero(col >= float(self.share) * best)
+            chosen = chosen[np.argsort(-col[chosen], kind="stable")]
+            weights = col[chosen] / col[chosen].sum()
+            out = {}
+            for key, skey in (("concepts", "concept_scores"), ("bigrams", "bigram_scores")):
+                acc: dict[str, float] = {}
+                for g, w in zip(chosen, weights):
+                    rec = records[g]
+                    for t, sc in zip(rec.get(key) or [], rec.get(skey) or []):
+                        acc[t] = acc.get(t, 0.0) + float(w) * float(sc)
+                ranked = sorted(acc.items(), key=lambda kv: (-kv[1], kv[0]))[:int(self.n_terms)]
+                out[key] = [t for t, _ in ranked]
+                out[skey] = [round(s, 6) for _, s in ranked]
+            labels.append({
+                "feature": j, **out,
+                "source_groups": [int(records[g].get("group_id", g)) for g in chosen],
+                "source_features": [[int(f) for f in records[g]["features"]] for g in chosen],
+                "source_weights": [round(float(col[g]), 6) for g in chosen],
+                "interpretable": bool(any(records[g].get("interpretable") for g in chosen)),
+                "r2": None if not np.isfinite(self.r2_per_feature_[j]) else round(float(self.r2_per_feature_[j]), 6),
+            })
+        self.labels_ = labels
+        return self
+
+    @staticmethod
+    def _empty(j):
+        return {"feature": j, "concepts": [], "concept_scores": [], "bigrams": [], "bigram_scores": [],
+                "source_groups": [], "source_features": [], "source_weights": [], "interpretable": False,
+                "r2": None}
+
+
+# ----------------------------------------------------------------------------------------------
+# Torch models: pre-classifier features and GradCAM crops
+# ----------------------------------------------------------------------------------------------
+
+def _resolve_module(model, layer):
+    if layer is None or not isinstance(layer, str):
+        return layer
+    try:
+        return model.get_submodule(layer)
+    except AttributeError:
+        names = [n for n, _ in model.named_modules() if n]
+        raise InputError(f"model has no layer {layer!r}; layers: {', '.join(names[-15:])}") from None
+
+
+def find_last_conv_block(model):
+    """GradCAM's target: ``model.layer4`` (ResNet-style) when present, else the last ``Conv2d``."""
+    import torch.nn as nn
+
+    if isinstance(getattr(model, "layer4", None), nn.Module):
+        return model.layer4
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise InputError("the model has no Conv2d layer: pass target_layer= for GradCAM")
+    return convs[-1]
+
+
+def _last_linear(model):
+    import torch.nn as nn
+
+    lins = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not lins:
+        raise InputError("the model has no Linear classifier: pass features_layer= (whose output are the features)")
+    return lins[-1]
+
+
+def default_transform(size: int = 224):
+    """Resize the WHOLE image to ``size x size`` (no crop, so GradCAM boxes map back), ImageNet normalisation."""
+    from torchvision import transforms as T
+
+    return T.Compose([T.Resize((size, size)), T.ToTensor(),
+                      T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+
+
+class GradCAM:
+    """GradCAM of a ``torch.nn.Module`` with the target = sum of chosen pre-classifier features.
+
+    ``features_layer``: the module whose INPUT (default: the last ``nn.Linear``, i.e. the
+    classifier) or, when given explicitly, whose OUTPUT (flattened) are the features.
+    ``target_layer``: the last convolutional block by default (:func:`find_last_conv_block`).
+    """
+
+    def __init__(self, model, target_layer=None, features_layer=None, device: str = "cpu"):
+        import torch
+
+        self.model = model.to(device).eval()
+        self.device = device
+        self.target = _resolve_module(model, target_layer) or find_last_conv_block(model)
+        explicit = features_layer is not None
+        self.feat_module = _resolve_module(model, features_layer) if explicit else _last_linear(model)
+        self._store = {}
+        self._hooks = [self.target.register_forward_hook(self._save_act)]
+        if explicit:
+            self._hooks.append(self.feat_module.register_forward_hook(
+                lambda m, i, o: self._store.__setitem__("feat", o)))
+        else:
+            self._hooks.append(self.feat_module.register_forward_pre_hook(
+                lambda m, i: self._store.__setitem__("feat", i[0])))
+        self._torch = torch
+
+    def _save_act(self, module, inputs, output):
+        self._store["act"] = output
+
+    def remove(self):
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    def features(self, x) -> np.ndarray:
+        """Pre-classifier features ``(n, m)`` of a batch tensor."""
+        with self._torch.no_grad():
+            self.model(x.to(self.device))
+        return self._store["feat"].flatten(1).float().cpu().numpy()
+
+    def __call__(self, x, features: Sequence[int]) -> np.ndarray:
+        """Maps ``(n, H, W)`` in [0, 1] (max-normalised per image) at the input resolution."""
+        torch = self._torch
+        F = torch.nn.functional
+        x = x.to(self.device)
+        with torch.enable_grad():
+            self.model.zero_grad(set_to_none=True)
+            self.model(x)
+            act = self._store["act"]
+            feat = self._store["feat"].flatten(1)
+            y = feat[:, list(features)].sum()
+            grad = torch.autograd.grad(y, act)[0]
+        with torch.no_grad():
+            w = grad.mean(dim=(2, 3), keepdim=True)
+            cam = F.relu((w * act).sum(dim=1, keepdim=True))
+            cam = F.interpolate(cam, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)[:, 0]
+            peak = cam.flatten(1).max(dim=1).values.clamp_min(1e-12)
+            cam = cam / peak[:, None, None]
+        return cam.cpu().numpy()
+
+
+def largest_box(cam: np.ndarray, threshold: float = 0.6) -> tuple[float, float, float, float] | None:
+    """Relative ``(x0, y0, x1, y1)`` of the largest connected region of ``cam >= threshold``; None if empty."""
+    from scipy import ndimage
+
+    mask = cam >= threshold
+    if not mask.any():
+        return None
+    lab, k = ndimage.label(mask)
+    sizes = np.bincount(lab.ravel())[1:]
+    ys, xs = np.nonzero(lab == (int(np.argmax(sizes)) + 1))
+    h, w = cam.shape
+    return xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h
+
+
+def crop_to_box(image, box, size: int):
+    """Crop a PIL image to a relative box and resize it to ``size x size`` (the CLIP input size)."""
+    from PIL import Image
+
+    if box is None:
+        return image.resize((size, size), Image.BICUBIC)
+    W, H = image.size
+    x0, y0, x1, y1 = box
+    l, t = int(math.floor(x0 * W)), int(math.floor(y0 * H))
+    r, b = max(int(math.ceil(x1 * W)), l + 1), max(int(math.ceil(y1 * H)), t + 1)
+    return image.crop((l, t, r, b)).resize((size, size), Image.BICUBIC)
+
+
+def model_features(model, images, transform=None, *, batch_size: int = 64, features_layer=None,
+                   device: str = "cpu") -> np.ndarray:
+    """Pre-classifier features of PIL ``images`` (or a callable ``rows -> PIL list`` with ``n``)."""
+    import torch
+
+    transform = transform or default_transform()
+    model = model.to(device).eval()
+    store = {}
+    if features_layer is not None:
+        mod = _resolve_module(model, features_layer)
+        hook = mod.register_forward_hook(lambda m, i, o: store.__setitem__("f", o))
+    else:
+        hook = _last_linear(model).register_forward_pre_hook(lambda m, i: store.__setitem__("f", i[0]))
+    out = []
+    try:
+        with torch.no_grad():
+            for s in range(0, len(images), batch_size):
+                x = torch.stack([transform(im.convert("RGB")) for im in images[s:s + batch_size]]).to(device)
+                model(x)
+                out.append(store["f"].flatten(1).float().cpu().numpy())
+    finally:
+        hook.remove()
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def gradcam_crop_embedder(model, load_images: Callable[[np.ndarray], list], encoder, transform=None, *,
+                          target_layer=None, features_layer=None, threshold: float = 0.6,
+                          batch_size: int = 32, device: str = "cpu"):
+    """A ``crop_embedder`` for :meth:`FalconExplainer.fit`: GradCAM (target = sum of the group's
+    features) on the last convolutional block, binarised at ``threshold``, largest box, crop,
+    resize to the CLIP input size, CLIP-encode."""
+    import torch
+
+    transform = transform or default_transform()
+    cam = GradCAM(model, target_layer=target_layer, features_layer=features_layer, device=device)
+    size = int(getattr(encoder, "image_size", 224))
+
+    def embed(features, rows):
+        out = []
+        for s in range(0, len(rows), batch_size):
+            ims = [im.convert("RGB") for im in load_images(np.asarray(rows[s:s + batch_size]))]
+            x = torch.stack([transform(im) for im in ims])
+            maps = cam(x, features)
+            crops = [crop_to_box(im, largest_box(m, threshold), size) for im, m in zip(ims, maps)]
+            out.append(encoder.encode_images(crops))
+        return np.concatenate(out)
+
+    embed.gradcam = cam
+    return embed
+
+
+# ----------------------------------------------------------------------------------------------
+# LanceDB layer
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class FalconResult:
+    """What :func:`falcon` computed and wrote."""
+
+    representation: str
+    fingerprint: str
+    records: list[dict]
+    summary: dict
+    notes: list[str] = field(default_factory=list)
+    params: dict = field(default_factory=dict)
+    tables: list[str] = field(default_factory=list)
+    explainer: FalconExplainer | None = None
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.records, indent=indent)
+
+    def __str__(self) -> str:
+        s = self.summary
+        lines = [
+            f"FALCON on {self.representation!r} ({s['n_images']} images x {s['n_features']} features, "
+            f"fingerprint {self.fingerprint}): {s['n_groups']} feature groups "
+            f"({s['n_single_feature_groups']} single), {s['n_interpretable_groups']} interpretable",
+            f"explained by interpretable single features: {100 * s['fraction_explained_single']:.1f}% of the "
+            f"features; by interpretable groups (single or not): {100 * s['fraction_explained_groups']:.1f}%",
+        ]
+        lines += [f"note: {n}" for n in self.notes]
+        if self.tables:
+            lines.append("wrote tables: " + ", ".join(self.tables))
+        lines.append("")
+        lines.append(f"{'group':>5}  {'features':<14} {'interp':<6} {'coher':>5} {'high':>5} {'low':>3}  labels"
+                     "  [spurious]")
+        for r in self.records:
+            feats = ",".join(map(str, r["features"]))
+            if len(feats) > 14:
+                feats = feats[:13] + "…"
+            labels = ", ".join(r["concepts"][:5] + r["bigrams"][:2])
+            spur = f"  [{', '.join(r['spurious'][:4])}]" if r["spurious"] else ""
+            coh = "-" if r["coherence"] is None else f"{r['coherence']:.2f}"
+            lines.append(f"{r['group_id']:>5}  {feats:<14} {'yes' if r['interpretable'] else 'no':<6} {coh:>5} "
+                         f"{r['n_high']:>5} {r['n_low']:>3}  {labels}{spur}")
+        return "\n".join(lines)
+
+
+def _vectors(col, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A (fixed-size or variable) list<float> column -> (valid mask, (n_valid, d) float32)."""
+    import pyarrow as pa
+
+    col = col.combine_chunks() if hasattr(col, "combine_chunks") else col
+    t = col.type
+    if not (pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t)):
+        raise InputError(f"column {name!r} is {t}, not a vector (list of floats) column")
+    valid = np.asarray(col.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    sub = col.filter(pa.array(valid))
+    if len(sub) == 0:
+        return valid, np.zeros((0, 0), np.float32)
+    flat = sub.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    if pa.types.is_fixed_size_list(t):
+        d = t.list_size
+    else:
+        lens = np.diff(sub.offsets.to_numpy()) if hasattr(sub, "offsets") else None
+        if lens is None or len(set(lens.tolist())) != 1:
+            raise InputError(f"column {name!r} holds vectors of different lengths")
+        d = int(lens[0])
+    return valid, flat.reshape(len(sub), d)
+
+
+def _image_loader(uris: Sequence[str], root=None):
+    from pathlib import Path
+
+    from PIL import Image
+
+    def _open(uri: str):
+        u = str(uri)
+        if u.startswith(("http://", "https://")):
+            import io
+            import urllib.request
+
+            with urllib.request.urlopen(u, timeout=30) as resp:
+                return Image.open(io.BytesIO(resp.read())).convert("RGB")
+        if u.startswith("file://"):
+            u = u[len("file://"):]
+        p = Path(u).expanduser()
+        if not p.is_absolute() and root is not None:
+            p = Path(root) / p
+        try:
+            with Image.open(p) as im:
+                return im.convert("RGB")
+        except (OSError, ValueError) as exc:
+            raise InputError(f"could not open image {uri!r} ({p}): {exc}; pass image_root= (--image-root) "
+                             "if the table's uris are relative") from None
+
+    def load(rows):
+        return [_open(uris[int(r)]) for r in rows]
+
+    return load
+
+
+def _model_digest(model) -> str:
+    from .encoder import _digest_state_dict
+
+    return "model:" + _digest_state_dict(model.state_dict())[:20]
+
+
+def _escape(s: str) -> str:
+    return "'" + str(s).replace("'", "''") + "'"
+
+
+def _replace_representation(conn, name: str, data, representation: str, meta_update: dict | None = None):
+    """Replace the rows of one representation in table ``name`` (created when missing)."""
+    from .store import METADATA_KEY, _decode_metadata, _table_names, with_retries
+
+    if name in _table_names(conn):
+        tbl = conn.open_table(name)
+        if set(tbl.schema.names) != set(data.schema.names):
+            old = tbl.to_lance().to_table(filter=f"representation != {_escape(representation)}")
+            keep = [c for c in data.schema.names if c in old.schema.names]
+            if old.num_rows and len(keep) == len(data.schema.names):
+                import pyarrow as pa
+
+                data = pa.concat_tables([old.select(keep).cast(data.schema), data])
+            tbl = conn.create_table(name, data, mode="overwrite")
+        else:
+            with_retries(lambda: tbl.delete(f"representation = {_escape(representation)}"), f"delete from {name}")
+            if data.num_rows:
+                with_retries(lambda: tbl.add(data.cast(tbl.schema)), f"write {name}")
+    else:
+        tbl = conn.create_table(name, data)
+    if meta_update is not None:
+        ds = tbl.to_lance()
+        meta = _decode_metadata(ds.schema)
+        meta.setdefault("representations", {})[representation] = meta_update
+        payload = {METADATA_KEY: json.dumps(meta, sort_keys=True, default=str)}
+        with_retries(lambda: ds.update_schema_metadata(payload), f"metadata of {name}")
+    return tbl
+
+
+def _features_tables(representation, fingerprint, groups, ids, params, evidence, method="falcon",
+                     transfer_info=None):
+    import pyarrow as pa
+
+    rows = {k: [] for k in (
+        "representation", "representation_fingerprint", "method", "group_id", "features", "n_features",
+        "concepts", "concept_scores", "bigrams", "bigram_scores", "spurious", "spurious_high_scores",
+        "spurious_low_scores", "n_high", "n_low", "high_ids", "low_ids", "coherence", "interpretable",
+        "used_crops", "evidence", "source_representation", "source_groups", "source_weights", "fit_r2",
+        "params")}
+    long = {k: [] for k in ("representation", "group_id", "kind", "rank", "concept", "score", "low_score")}
+    pj = json.dumps(params, sort_keys=True, default=str)
+    for r in groups:
+        rows["representation"].append(representation)
+        rows["representation_fingerprint"].append(fingerprint)
+        rows["method"].append(method)
+        rows["group_id"].append(int(r["group_id"]))
+        rows["features"].append([int(f) for f in r["features"]])
+        rows["n_features"].append(len(r["features"]))
+        for key in ("concepts", "concept_scores", "bigrams", "bigram_scores", "spurious"):
+            rows[key].append(list(r.get(key) or []))
+        sp = r.get("spurious_scores") or []
+        rows["spurious_high_scores"].append([float(a) for a, _ in sp])
+        rows["spurious_low_scores"].append([float(b) for _, b in sp])
+        rows["n_high"].append(int(r.get("n_high", 0)))
+        rows["n_low"].append(int(r.get("n_low", 0)))
+        rows["high_ids"].append([str(x) for x in r.get("high_ids", [])])
+        rows["low_ids"].append([str(x) for x in r.get("low_ids", [])])
+        rows["coherence"].append(r.get("coherence"))
+        rows["interpretable"].append(bool(r.get("interpretable")))
+        rows["used_crops"].append(bool(r.get("used_crops")))
+        rows["evidence"].append(evidence)
+        ti = transfer_info or {}
+        rows["source_representation"].append(ti.get("source_representation"))
+        rows["source_groups"].append(r.get("source_groups"))
+        rows["source_weights"].append(r.get("source_weights"))
+        rows["fit_r2"].append(ti.get("r2"))
+        rows["params"].append(pj)
+        gid = int(r["group_id"])
+        for kind, tkey, skey in (("word", "concepts", "concept_scores"), ("phrase", "bigrams", "bigram_scores")):
+            for rank, (t, s) in enumerate(zip(r.get(tkey) or [], r.get(skey) or [])):
+                for k, v in (("representation", representation), ("group_id", gid), ("kind", kind),
+                             ("rank", rank), ("concept", t), ("score", float(s)), ("low_score", None)):
+                    long[k].append(v)
+        for rank, (t, (hs, ls)) in enumerate(zip(r.get("spurious") or [], sp)):
+            for k, v in (("representation", representation), ("group_id", gid), ("kind", "spurious"),
+                         ("rank", rank), ("concept", t), ("score", float(hs)), ("low_score", float(ls))):
+                long[k].append(v)
+    ls, lf, li = pa.list_(pa.string()), pa.list_(pa.float32()), pa.list_(pa.int32())
+    schema = pa.schema([
+        ("representation", pa.string()), ("representation_fingerprint", pa.string()), ("method", pa.string()),
+        ("group_id", pa.int32()), ("features", li), ("n_features", pa.int32()),
+        ("concepts", ls), ("concept_scores", lf), ("bigrams", ls), ("bigram_scores", lf),
+        ("spurious", ls), ("spurious_high_scores", lf), ("spurious_low_scores", lf),
+        ("n_high", pa.int32()), ("n_low", pa.int32()), ("high_ids", ls), ("low_ids", ls),
+        ("coherence", pa.float32()), ("interpretable", pa.bool_()), ("used_crops", pa.bool_()),
+        ("evidence", pa.string()), ("source_representation", pa.string()), ("source_groups", li),
+        ("source_weights", lf), ("fit_r2", pa.float32()), ("params", pa.string())])
+    long_schema = pa.schema([("representation", pa.string()), ("group_id", pa.int32()), ("kind", pa.string()),
+                             ("rank", pa.int32()), ("concept", pa.string()), ("score", pa.float32()),
+                             ("low_score", pa.float32())])
+    return pa.table(rows, schema=schema), pa.table(long, schema=long_schema)
+
+
+def _read_columns(store, columns):
+    have = store.schema.names
+    cols = [c for c in columns if c in have]
+    return store.table.to_lance().to_table(columns=cols)
+
+
+def _load_concepts(store, meta, vocabulary, get_encoder, need_embeddings: bool):
+    """(concept strings, raw text embeddings or None, description)."""
+    from .store import _table_names
+
+    use_table = vocabulary is None and store.concepts_name in _table_names(store.conn)
+    if use_table:
+        ct = store.conn.open_table(store.concepts_name).to_lance().to_table(columns=["concept_id", "concept",
+                                                                                   "embedding"])
+        order = np.argsort(ct.column("concept_id").to_numpy())
+        concepts = [ct.column("concept").to_pylist()[i] for i in order]
+        emb = None
+        if need_embeddings:
+            _, emb = _vectors(ct.column("embedding"), "concepts.embedding")
+            emb = emb[order]
+        return concepts, emb, f"table {store.concepts_name} ({meta.get('vocabulary', '?')})", None
+    from .vocabulary import load_vocabulary
+
+    vocab = load_vocabulary(vocabulary if vocabulary is not None else meta.get("vocabulary") or "default")
+    emb = vocab.embed(get_encoder()) if need_embeddings else None
+    return list(vocab.concepts), emb, f"vocabulary {vocab.name} ({vocab.digest})", vocab
+
+
+def falcon(db, features_column: str = "embedding", *, table: str = "images", vocabulary=None, encoder=None,
+           evidence: str = "clip", caption_column: str | None = None, model=None, transform=None,
+           target_layer=None, features_layer=None, cam_threshold: float = 0.6, representation: str | None = None,
+           image_root=None, write: bool = True, storage_options=None, max_ids: int | None = 50,
+           n_labels: int = 3, device: str = "cpu", explainer: FalconExplainer | None = None,
+           **params) -> FalconResult:
+    """Label the features of a vector column of the images table with FALCON and store the labels.
+
+    db, table : the LanceDB database and its images table.
+    features_column : the representation to explain (default the CLIP ``embedding``; typically a
+        model's features ingested as a column). With ``model`` and a missing column, the model's
+        pre-classifier features are computed from the images and added to the table under this name.
+    vocabulary : concept vocabulary (name, path, Vocabulary); default: the table's concepts table.
+    encoder : ClipEncoder for text, crops and re-encoding; default: the table's model (metadata).
+    evidence : ``"clip"`` (softmax over CLIP cosines) or ``"splice"`` (the stored SpLiCE weights).
+    caption_column : optional caption column whose captions join the global softmax as documents.
+    model, transform, target_layer, features_layer : a ``torch.nn.Module`` for GradCAM crops of the
+        highly activating images (without it whole images are used and the output says so).
+    params : FalconExplainer parameters (high_std, min_group_size, coherence_threshold, top_k,
+        n_terms, low_similarity, max_low, spurious_threshold, temperature, chunk_size).
+    write : write the ``features``, ``feature_concepts`` and ``image_features`` tables.
+    """
+    from .store import ImageStore
+
+    if evidence not in ("clip", "splice"):
+        raise InputError(f"evidence must be 'clip' or 'splice', not {evidence!r}")
+    fx = explainer if explainer is not None else FalconExplainer(**params)
+    if explainer is not None and params:
+        raise InputError("pass either explainer= or explainer parameters, not both")
+    store = ImageStore(db, table, storage_options)
+    if not store.exists():
+        raise InputError(f"no table {table!r} in {db}")
+    meta = store.metadata()
+    notes: list[str] = []
+    enc_box = {"enc": encoder}
+
+    def get_encoder():
+        if enc_box["enc"] is None:
+            from .encoder import load_encoder
+
+            name = meta.get("model_name")
+            if not name:
+                raise InputError(f"table {table!r} records no CLIP model; pass encoder=")
+            enc_box["enc"] = load_encoder(name, meta.get("pretrained"), device=device)
+        return enc_box["enc"]
+
+    names = store.schema.names
+    base = _read_columns(store, ["id", "uri", "status"])
+    ids_all = np.asarray(base.column("id").to_pylist(), dtype=object)
+    uris_all = base.column("uri").to_pylist() if "uri" in base.schema.names else [None] * base.num_rows
+    root = image_root if image_root is not None else meta.get("image_root")
+    load_all = _image_loader(uris_all, root)
+    if features_column not in names:
+        if model is None:
+            vec = [f.name for f in store.schema if str(f.type).startswith(("fixed_size_list", "list<item: float"))]
+            raise InputError(f"table {table!r} has no column {features_column!r}; vector columns: "
+                             f"{', '.join(vec) or '(none)'}. Pass a model to compute it.")
+        ok_rows = np.arange(base.num_rows)
+        if "status" in base.schema.names:
+            ok_rows = np.flatnonzero(np.asarray(base.column("status").to_pylist(), dtype=object) == "ok")
+        feats = _features_in_batches(model, load_all, ok_rows, transform, features_layer, device)
+        add_features_column(store, ids_all[ok_rows], feats, features_column)
+        names = store.refresh().schema.names
+        notes.append(f"computed the model's pre-classifier features into column {features_column!r}")
+    cols = ["id", features_column] + (["status"] if "status" in names else [])
+    if features_column != "embedding" and "embedding" in names:
+        cols.append("embedding")
+    if evidence == "splice":
+        cols += ["concept_ids", "concept_weights"]
+    if caption_column:
+        if caption_column not in names:
+            raise InputError(f"table {table!r} has no caption column {caption_column!r}")
+        cols.append(caption_column)
+    data = _read_columns(store, cols)
+    valid, R = _vectors(data.column(features_column), features_column)
+    if "status" in data.schema.names:
+        valid &= np.asarray(data.column("status").to_pylist(), dtype=object) == "ok"
+        _, R = _vectors(data.column(features_column).filter(valid), features_column)
+    rows = np.flatnonzero(valid)
+    if len(rows) == 0:
+        raise InputError(f"column {features_column!r} of table {table!r} holds no vectors")
+    ids = ids_all[rows]
+    uris = [uris_all[i] for i in rows]
+    load_images = _image_loader(uris, root)
+
+    # whole-image CLIP embeddings: the stored column when it comes from the encoder in use
+    emb_col = data.column("embedding").filter(valid) if "embedding" in data.schema.names else None
+    stored_emb = None
+    if emb_col is not None:
+        emb_valid, emb_vals = _vectors(emb_col, "embedding")
+        if emb_valid.all():
+            stored_emb = emb_vals
+    same_model = encoder is None or encoder.fingerprint == meta.get("model_fingerprint")
+    if stored_emb is not None and same_model:
+        image_embeddings = stored_emb
+    else:
+        notes.append("whole-image CLIP embeddings were computed from the images (the encoder differs from "
+                     "the table's, or the table has no embedding column)")
+        image_embeddings = lambda rr: get_encoder().encode_images(load_images(rr))  # noqa: E731
+
+    concepts, cemb, vocab_desc, _ = _load_concepts(store, meta, vocabulary, get_encoder,
+                                                   need_embeddings=evidence == "clip")
+    concept_scores = None
+    if evidence == "splice":
+        if vocabulary is not None:
+            raise InputError("evidence='splice' uses the table's concepts; do not pass vocabulary=")
+        cid = data.column("concept_ids").filter(valid).combine_chunks()
+        cw = data.column("concept_weights").filter(valid).combine_chunks()
+        indptr = np.concatenate([[0], np.cumsum([0 if x is None else len(x) for x in cid.to_pylist()])])
+        concept_scores = sparse.csr_matrix(
+            (cw.flatten().to_numpy(zero_copy_only=False).astype(np.float32),
+             cid.flatten().to_numpy(zero_copy_only=False).astype(np.int64), indptr),
+            shape=(len(rows), len(concepts)))
+        notes.append("concept evidence: the stored SpLiCE weights (normalised per image), not CLIP similarities")
+    captions = cap_emb = None
+    if caption_column:
+        caps = data.column(caption_column).filter(valid).to_pylist()
+        captions = sorted({str(c) for c in caps if c})
+        cap_emb = get_encoder().encode_text(captions) if captions else None
+        if not captions:
+            captions = None
+        notes.append(f"{0 if captions is None else len(captions)} distinct captions of column "
+                     f"{caption_column!r} joined the softmax")
+    crop_embedder = None
+    if model is not None:
+        crop_embedder = gradcam_crop_embedder(model, load_images, get_encoder(), transform,
+                                              target_layer=target_layer, features_layer=features_layer,
+                                              threshold=cam_threshold, device=device)
+        notes.append(f"GradCAM crops (threshold {cam_threshold}, largest box) of the highly activating images")
+    else:
+        notes.append("no model given: whole images were used as evidence (no GradCAM crops)")
+    fx.fit(R, image_embeddings, cemb, concepts, concept_scores=concept_scores, captions=captions,
+           caption_embeddings=cap_emb, crop_embedder=crop_embedder)
+    if crop_embedder is not None:
+        crop_embedder.gradcam.remove()
+    notes += fx.notes_
+
+    rep = representation or features_column
+    if model is not None:
+        fingerprint = _model_digest(model)
+    elif features_column == "embedding" and meta.get("model_fingerprint"):
+        fingerprint = str(meta["model_fingerprint"])
+    else:
+        fmeta = store.schema.field(features_column).metadata or {}
+        fp = fmeta.get(b"fingerprint") or fmeta.get(b"model_fingerprint")
+        fingerprint = fp.decode() if fp else "data:" + hashlib.blake2b(
+            np.ascontiguousarray(R).view(np.uint8), digest_size=10).hexdigest()
+    run_params = {**fx.get_params(), "evidence": evidence, "vocabulary": vocab_desc,
+                  "caption_column": caption_column, "used_crops": model is not None,
+                  "cam_threshold": cam_threshold if model is not None else None, "table": table,
+                  "features_column": features_column,
+                  "encoder_fingerprint": None if enc_box["enc"] is None else enc_box["enc"].fingerprint}
+    full_records = fx.records(ids, max_ids=None)
+    tables = []
+    if write:
+        tables = _write_falcon(store, rep, fingerprint, full_records, fx, ids, run_params, n_labels)
+    records = fx.records(ids, max_ids=max_ids)
+    return FalconResult(representation=rep, fingerprint=fingerprint, records=records, summary=fx.summary_,
+                        notes=notes, params=run_params, tables=tables, explainer=fx)
+
+
+def _write_falcon(store, rep, fingerprint, full_records, fx, ids, run_params, n_labels):
+    import pyarrow as pa
+
+    feats_tbl, long_tbl = _features_tables(rep, fingerprint, full_records, ids, run_params, fx.evidence_)
+    meta = {"fingerprint": fingerprint, "params": run_params, "summary": fx.summary_,
+            "images_table": store.name}
+    names = _falcon_table_names(store.name)
+    _replace_representation(store.conn, names[0], feats_tbl, rep, meta)
+    _replace_representation(store.conn, names[1], long_tbl, rep)
+    lab = fx.image_labels(n_labels)
+    groups = fx.groups_
+    img = pa.table({
+        "image_id": pa.array([str(ids[r]) for r in lab["row"]], pa.string()),
+        "representation": pa.array([rep] * len(lab["row"]), pa.string()),
+        "group_id": pa.array(lab["group_id"].astype(np.int32)),
+        "features": pa.array([list(groups[g].features) for g in lab["group_id"]], pa.list_(pa.int32())),
+        "labels": pa.array(lab["labels"], pa.list_(pa.string())),
+        "exact": pa.array(lab["exact"]),
+        "interpretable": pa.array([groups[g].interpretable for g in lab["group_id"]], pa.bool_()),
+    })
+    _replace_representation(store.conn, names[2], img, rep)
+    return list(names)
+
+
+def _falcon_table_names(images_table: str) -> tuple[str, str, str]:
+    if images_table == "images":
+        return FEATURES_TABLE, FEATURE_CONCEPTS_TABLE, IMAGE_FEATURES_TABLE
+    return (f"{images_table}_{FEATURES_TABLE}", f"{images_table}_{FEATURE_CONCEPTS_TABLE}",
+            f"{images_table}_{IMAGE_FEATURES_TABLE}")
+
+
+def _features_in_batches(model, load_images, rows, transform, features_layer, device, batch_size=64):
+    out = []
+    for s in range(0, len(rows), batch_size):
+        out.append(model_features(model, load_images(rows[s:s + batch_size]), transform,
+                                  batch_size=batch_size, features_layer=features_layer, device=device))
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def add_features_column(store, ids, features: np.ndarray, column: str, fingerprint: str | None = None) -> None:
+    """Add (or replace) a vector column ``column`` on the images table, matched on ``id``; rows not in
+    ``ids`` get null. ``fingerprint`` is recorded in the field metadata."""
+    import pyarrow as pa
+
+    from .store import with_retries
+
+    feats = np.ascontiguousarray(np.asarray(features, dtype=np.float32))
+    if feats.ndim != 2 or feats.shape[0] != len(ids):
+        raise InputError(f"{len(ids)} ids but features of shape {feats.shape}")
+    ds = store.table.to_lance()
+    if column in ds.schema.names:
+        if column in ("id", "uri", "embedding", "concept_ids", "concept_weights"):
+            raise InputError(f"refusing to replace the table's own column {column!r}")
+        ds.drop_columns([column])
+        ds = store.refresh().table.to_lance()
+    fmeta = {b"fingerprint": fingerprint.encode()} if fingerprint else None
+    typ = pa.list_(pa.float32(), feats.shape[1])
+    arr = pa.FixedSizeListArray.from_arrays(pa.array(feats.reshape(-1)), feats.shape[1])
+    new = pa.table([pa.array([str(i) for i in ids], pa.string()), arr],
+                   schema=pa.schema([pa.field("id", pa.string()), pa.field(column, typ, metadata=fmeta)]))
+    with_retries(lambda: ds.merge(new, left_on="id"), f"add column {column}")
+    store.refresh()
+
+
+# ----------------------------------------------------------------------------------------------
+# Transfer, LanceDB layer
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class TransferResult:
+    from_column: str
+    to_column: str
+    r2: float
+    labels: list[dict]
+    n_images: int
+    tables: list[str] = field(default_factory=list)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps({"from": self.from_column, "to": self.to_column, "r2_heldout": self.r2,
+                           "n_images": self.n_images, "features": self.labels}, indent=indent)
+
+    def __str__(self) -> str:
+        lab = [r for r in self.labels if r["concepts"] or r["bigrams"]]
+        lines = [f"transfer {self.from_column!r} -> {self.to_column!r} over {self.n_images} images: ridge map "
+                 f"held-out R^2 = {self.r2:.3f}; {len(lab)} of {len(self.labels)} target features labelled"]
+        if self.tables:
+            lines.append("wrote tables: " + ", ".join(self.tables))
+        for r in lab:
+            src = ",".join(str(g) for g in r["source_groups"][:3])
+            lines.append(f"  feature {r['feature']:>5}: {', '.join((r['concepts'] + r['bigrams'])[:5])}"
+                         f"   (from groups {src})")
+        return "\n".join(lines)
+
+
+def transfer(db, from_column: str, to_column: str, *, table: str = "images", alpha: float = 1e-3,
+             test_fraction: float = 0.2, share: float = 0.5, min_weight: float = 0.2,
+             interpretable_only: bool = False,
+             from_representation: str | None = None, write: bool = True, storage_options=None,
+             random_state: int = 0) -> TransferResult:
+    """Carry the stored FALCON labels of ``from_column`` to the features of ``to_column``.
+
+    Needs a previous :func:`falcon` run on ``from_column`` (its ``features`` rows). Fits a ridge map
+    between the two columns (held-out R^2 reported) and writes one ``features`` row per labelled
+    target feature (``method = 'transfer'``) under representation ``to_column``.
+    """
+    from .store import ImageStore, _table_names
+
+    store = ImageStore(db, table, storage_options)
+    names = store.schema.names
+    for c in (from_column, to_column):
+        if c not in names:
+            raise InputError(f"table {table!r} has no column {c!r}")
+    ftab = _falcon_table_names(table)[0]
+    src = from_representation or from_column
+    if ftab not in _table_names(store.conn):
+        raise InputError(f"no FALCON labels yet: run `lance-concepts falcon --features-column {from_column}` first")
+    recs = store.conn.open_table(ftab).to_lance().to_table(
+        filter=f"representation = {_escape(src)} AND method = 'falcon'").to_pylist()
+    if not recs:
+        raise InputError(f"no FALCON labels for representation {src!r}: run "
+                         f"`lance-concepts falcon --features-column {from_column}` first")
+    data = _read_columns(store, ["id", from_column, to_column, "status"])
+    va, _ = _vectors(data.column(from_column), from_column)
+    vb, _ = _vectors(data.column(to_column), to_column)
+    keep = va & vb
+    if "status" in data.schema.names:
+        keep &= np.asarray(data.column("status").to_pylist(), dtype=object) == "ok"
+    _, A = _vectors(data.column(from_column).filter(keep), from_column)
+    _, B = _vectors(data.column(to_column).filter(keep), to_column)
+    tr = FalconTransfer(alpha=alpha, test_fraction=test_fraction, share=share, min_weight=min_weight,
+                        interpretable_only=interpretable_only, random_state=random_state).fit(A, B, recs)
+    tables = []
+    if write:
+        labelled = [dict(lab, group_id=lab["feature"], features=[lab["feature"]], n_high=0, n_low=0)
+                    for lab in tr.labels_ if lab["concepts"] or lab["bigrams"]]
+        fp = store.schema.field(to_column).metadata or {}
+        fingerprint = (fp.get(b"fingerprint") or b"").decode() or "data:" + hashlib.blake2b(
+            np.ascontiguousarray(B).view(np.uint8), digest_size=10).hexdigest()
+        params = {"alpha": alpha, "test_fraction": test_fraction, "share": share, "min_weight": min_weight,
+                  "interpretable_only": interpretable_only, "from_column": from_column}
+        feats_tbl, long_tbl = _features_tables(to_column, fingerprint, labelled, None, params, "transfer",
+                                               method="transfer",
+                                               transfer_info={"source_representation": src, "r2": tr.r2_})
+        names3 = _falcon_table_names(table)
+        _replace_representation(store.conn, names3[0], feats_tbl, to_column,
+                                {"fingerprint": fingerprint, "method": "transfer", "params": params,
+                                 "r2_heldout": tr.r2_, "source_representation": src})
+        _replace_representation(store.conn, names3[1], long_tbl, to_column)
+        tables = list(names3[:2])
+    return TransferResult(from_column=from_column, to_column=to_column, r2=tr.r2_, labels=tr.labels_,
+                          n_images=int(keep.sum()), tables=tables)
+
+
+def load_target_model(arch: str, weights=None, *, num_classes: int | None = None):
+    """A torchvision (``resnet18``) or timm (``timm:convnext_tiny``) architecture with a local weights
+    file (a state dict, possibly under a ``state_dict`` / ``model`` key). ``num_classes`` is read from
+    the weights when not given."""
+    import os
+
+    import torch
+
+    state = None
+    if weights is not None:
+        if not os.path.isfile(os.path.expanduser(str(weights))):
+            raise InputError(f"target model weights file {weights!r} does not exist")
+        try:
+            state = torch.load(os.path.expanduser(str(weights)), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise InputError(f"could not read weights {weights!r} as a state dict: {exc}") from None
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(state, dict) and isinstance(state.get(key), dict):
+                state = state[key]
+        if not isinstance(state, dict):
+            raise InputError(f"{weights!r} does not hold a state dict")
+        state = {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
+        if num_classes is None:
+            mats = [(k, v) for k, v in state.items() if k.endswith("weight") and getattr(v, "ndim", 0) == 2]
+            if mats:
+                num_classes = int(mats[-1][1].shape[0])
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    try:
+        if arch.startswith("timm:"):
+            import timm
+
+            model = timm.create_model(arch[5:], pretrained=False, **kwargs)
+        else:
+            import torchvision
+
+            model = torchvision.models.get_model(arch, weights=None, **kwargs)
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise InputError(f"unknown or unbuildable target architecture {arch!r}: {exc}") from None
+    if state is not None:
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise InputError(f"weights {weights!r} do not fit architecture {arch!r}: {str(exc)[:500]}") from None
+    return model.eval()
