@@ -31,8 +31,9 @@ Method (every step is deterministic; ties are broken alphabetically):
    :data:`VISUAL_NOUN_ROOTS` (colours, sports, seasons, times of day, crowds ...). An adjective sense is
    visual when its cluster head is an attribute of :data:`VISUAL_ATTRIBUTES` (colour, size, shape,
    texture, brightness, age ...) or it says what something is made of (``wooden``, ``woolen``).
-   Proper-noun senses (capitalised in WordNet) do not count; words with any sense that WordNet marks as an
-   ethnic slur, obscenity or disparagement are dropped altogether.
+   Proper-noun senses (capitalised in WordNet) count as non-visual readings. Senses that WordNet marks as
+   ethnic slurs, obscenities or disparagements never count as visual, and words for which they carry at
+   least half of the noun/adjective sense weight are dropped, as are the words of a short :data:`BLOCKLIST`.
 4. Bigrams: two-word common-noun lemmas of WordNet ("ice cream") that pass the same visual filter, contain
    no stopword and occur in the SymSpell bigram list; their frequency is their bigram count divided by the
    sum of all counts in that list.
@@ -123,11 +124,12 @@ bitch bitches whore whores slut sluts fag fags faggot faggots dyke dykes retard 
 wank wanker tit tits titty titties boob boobs dick dicks pussy pussies cock cocks nigga niggas nigger niggers
 spic kike chink gook wetback tranny shemale hoe hoes skank jizz cum porn porno dildo dildos hooker hookers
 stripper strippers milf anal anus penis vagina clit clitoris orgasm orgy bastard bastards butt butts arse
-ass asses asshole assholes dumbass jackass crap shit turd pubes ponce
+ass asses asshole assholes dumbass jackass crap shit turd pubes ponce coon coons negro negroes redskin
+redskins squaw honky whitey
 """.split())
 BLOCKED_TERMS: frozenset[str] = frozenset({"glory hole", "black cock", "blow job", "hand job"})
 
-#: Usage-domain synsets whose members (words with any sense in these domains) are dropped altogether.
+#: Usage-domain synsets marking offensive senses (see VisualJudge.judge).
 OFFENSIVE_DOMAINS: tuple[str, ...] = ("ethnic_slur.n.01", "obscenity.n.02", "disparagement.n.01")
 
 _WORD = re.compile(r"^[a-z]+$")
@@ -367,16 +369,17 @@ class VisualJudge:
         readings += [(base, "v") for base in self.wn.base_forms(form, "v")[:1]]   # "felt" -> "feel"
         return readings
 
-    def form_share(self, form: str, lemma: str) -> tuple[float, bool, frozenset]:
-        """(visual share, offensive?, key) of one surface form of the group of ``lemma``.
+    def form_share(self, form: str, lemma: str) -> tuple[float, float, frozenset]:
+        """(visual share, offensive share, key) of one surface form of the group of ``lemma``.
 
-        The share is the weighted share of visual senses among all readings of the form: the common- and
-        proper-noun and adjective senses of the lemma (and of the form itself, when it is a lemma of its own,
-        like "glasses"), the verb senses of the form and of the verb it inflects ("leaves" -> "leave"), and its
-        adverb senses; each sense weighs its SemCor tag count plus 1/rank. ``key`` is the set of common
-        noun/adjective synsets of the lemma (used to find spelling variants)."""
-        visual = total = 0.0
-        offensive = False
+        The visual share is the weighted share of visual senses among all readings of the form: the common-
+        and proper-noun and adjective senses of the lemma (and of the form itself, when it is a lemma of its
+        own, like "glasses"), the verb senses of the form and of the verb it inflects ("leaves" -> "leave"),
+        and its adverb senses; each sense weighs its SemCor tag count plus 1/rank. The offensive share is the
+        weight of senses in an offensive usage domain among the common noun and adjective senses; such senses
+        never count as visual. ``key`` is the set of common noun/adjective synsets of the lemma (used to find
+        spelling variants)."""
+        visual = total = nominal = offensive = 0.0
         seen: set[tuple[str, int]] = set()
         key: set[tuple[str, int]] = set()
         for reading, pos in self._readings(form, lemma):
@@ -388,28 +391,33 @@ class VisualJudge:
                 total += weight
                 if pos not in ("n", "a") or not common:
                     continue
+                nominal += weight
                 synset = self.wn.synsets[(pos, offset)]
                 if reading == lemma:
                     key.add((pos, offset))
-                offensive = offensive or self.is_offensive(synset)
-                if self.noun_is_visual(synset) if pos == "n" else self.adj_is_visual(synset):
+                if self.is_offensive(synset):
+                    offensive += weight
+                elif self.noun_is_visual(synset) if pos == "n" else self.adj_is_visual(synset):
                     visual += weight
-        return (visual / total if total else 0.0), offensive, frozenset(key)
+        return (visual / total if total else 0.0), (offensive / nominal if nominal else 0.0), frozenset(key)
 
     def judge(self, lemma: str, members: dict[str, float]) -> tuple[float, bool, frozenset]:
         """(visual share, offensive?, key) of a lemma group; ``members`` maps its surface forms to their
-        frequencies, and the group's share is the frequency-weighted mean of its forms' shares."""
+        frequencies. The group's shares are frequency-weighted means of its forms' shares; it is offensive
+        when at least half of its noun/adjective sense weight is in an offensive usage domain ("boy" and
+        "queen" have one such sense among many and stay)."""
         forms = members or {lemma: 1.0}
-        visual = total = 0.0
-        offensive = False
+        visual = offensive = total = 0.0
         key: frozenset = frozenset()
         for form in sorted(forms):
-            share, off, form_key = self.form_share(form, lemma)
-            offensive = offensive or off
+            share, off_share, form_key = self.form_share(form, lemma)
             key = key | form_key
             visual += forms[form] * share
+            offensive += forms[form] * off_share
             total += forms[form]
-        return (visual / total if total else 0.0), offensive, key
+        if not total:
+            return 0.0, False, key
+        return visual / total, offensive / total >= 0.5, key
 
 
 # ----------------------------------------------------------------------------------------------------------
