@@ -207,7 +207,7 @@ def falcon_cmd(ctx, db, table, features_column, vocabulary, clip_model, pretrain
 @click.option("--to-column", required=True, help="Representation of the same images to label.")
 @click.option("--alpha", default=1e-3, show_default=True, help="Ridge penalty, relative to the mean feature variance.")
 @click.option("--test-fraction", default=0.2, show_default=True, help="Rows held out to report the map's R^2.")
-@click.option("--min-weight", default=0.2, show_default=True,
+@click.option("--min-weight", default=0.5, show_default=True,
               help="A target feature is labelled when a labelled group makes up at least this much of it.")
 @click.option("--interpretable-only", is_flag=True, help="Carry only the labels of interpretable groups.")
 @click.option("--no-write", is_flag=True, help="Print only; do not write the features tables.")
@@ -220,6 +220,99 @@ def falcon_transfer_cmd(db, table, from_column, to_column, alpha, test_fraction,
     res = transfer(db, from_column, to_column, table=table, alpha=alpha, test_fraction=test_fraction,
                    min_weight=min_weight, interpretable_only=interpretable_only, write=not no_write)
     click.echo(res.to_json() if fmt == "json" else str(res))
+
+
+# --- ingest / decompose ---
+def _storage_options(pairs):
+    from .errors import InputError
+
+    out = {}
+    for p in pairs:
+        if "=" not in p:
+            raise InputError(f"--storage-option takes KEY=VALUE, got {p!r}")
+        k, v = p.split("=", 1)
+        out[k.strip()] = v
+    return out or None
+
+
+@main.command("ingest")
+@click.argument("source")
+@click.option("--db", required=True, help="LanceDB directory or URI (s3://..., gs://...) to write to.")
+@click.option("--table", default="images", show_default=True, help="Images table name.")
+@MODEL_OPTION
+@PRETRAINED_OPTION
+@click.option("--vocab", default="default", show_default=True,
+              help="Concept vocabulary: 'default', 'demo', a SpLiCE list, a text file, or 'none' (embeddings only).")
+@click.option("--l1", default=0.25, show_default=True, type=float, help="SpLiCE l1 penalty (larger = sparser).")
+@click.option("--batch-size", default=64, show_default=True, type=int, help="Images per encoder batch and commit.")
+@click.option("--workers", default=None, type=int, help="Decode processes (default: CPUs - 1, at least 1; 0 = inline).")
+@click.option("--limit", default=None, type=int, help="Only the first N rows of the source.")
+@click.option("--id-column", default=None, help="Manifest column with stable ids (default: 'id' if present, "
+                                                 "else the SHA-256 of each file).")
+@click.option("--uri-column", default=None, help="Manifest column with image paths (default: uri / path / ...).")
+@click.option("--image-column", default=None, help="Binary column with image bytes (Lance table sources).")
+@click.option("--template", "prompt_template", default=None, help="Prompt template for the concepts, e.g. 'a photo of {}'.")
+@click.option("--image-mean", default=None, help="SpLiCE image mean (.npy); default: recorded, else estimated.")
+@click.option("--retry-errors", is_flag=True, help="Re-attempt rows stored with status 'error'.")
+@click.option("--new-concept-version", is_flag=True,
+              help="Allow another vocabulary / l1 than the table's: re-decompose existing rows first.")
+@click.option("--max-pixels", default=None, type=int, help="Decompression-bomb limit (default Pillow's, ~89.5 Mpx).")
+@click.option("--fast-jpeg", "draft", is_flag=True, help="Decode large JPEGs at reduced DCT scale (faster, "
+                                                         "embeddings differ slightly).")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, ...")
+@click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
+              help="Passed to LanceDB (repeatable), e.g. aws_region=eu-west-1.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def ingest_cmd(source, db, table, model, pretrained, vocab, l1, batch_size, workers, limit, id_column, uri_column,
+               image_column, prompt_template, image_mean, retry_errors, new_concept_version, max_pixels, draft, device,
+               storage_options, quiet, as_json):
+    """Ingest images from SOURCE into a LanceDB table: embeddings, SpLiCE concepts, status.
+
+    SOURCE is a directory (recursive), a manifest (.csv/.tsv/.parquet/.jsonl with a uri/path column
+    relative to the manifest and any metadata columns), a Lance dataset directory, or DB::TABLE.
+    Re-running skips what is already in the table. Bad images become rows with status 'error'.
+    Exit status: 0 when any image was ingested or there was nothing new to do, 1 when every
+    attempted image failed, 2 on unusable input (source, model, vocabulary, settings).
+    """
+    import json
+
+    from .ingest import ingest as run_ingest
+
+    summary = run_ingest(source, db, table=table, model=model, pretrained=pretrained,
+                         vocab=None if str(vocab).lower() == "none" else vocab, l1=l1, batch_size=batch_size,
+                         workers=workers, limit=limit, id_column=id_column, quiet=quiet, uri_column=uri_column,
+                         image_column=image_column, storage_options=_storage_options(storage_options), device=device,
+                         prompt_template=prompt_template, image_mean=image_mean, retry_errors=retry_errors,
+                         new_concept_version=new_concept_version, max_pixels=max_pixels, draft=draft)
+    click.echo(json.dumps(summary.to_dict(), default=str, indent=1) if as_json else str(summary))
+    sys.exit(summary.exit_code)
+
+
+@main.command("decompose")
+@click.option("--db", required=True, help="LanceDB directory or URI.")
+@click.option("--table", default="images", show_default=True)
+@click.option("--vocab", required=True, help="Concept vocabulary: built-in name, SpLiCE list or text file.")
+@click.option("--l1", default=0.25, show_default=True, type=float, help="SpLiCE l1 penalty.")
+@click.option("--model", default=None, help="Override the recorded model name (its fingerprint must match).")
+@click.option("--pretrained", default=None, help="With --model: its pretrained tag or weights file.")
+@click.option("--template", "prompt_template", default=None, help="Prompt template for the concepts.")
+@click.option("--image-mean", default=None, help="'estimate' (from all stored embeddings) or a .npy file; "
+                                                 "default: the recorded mean.")
+@click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def decompose_cmd(db, table, vocab, l1, model, pretrained, prompt_template, image_mean, storage_options, quiet):
+    """Recompute the concept columns from the stored embeddings (new vocabulary or l1), no re-encoding.
+
+    Writes a new concept-column version; earlier versions stay reachable as Lance table versions
+    (listed under concept_history in the table metadata).
+    """
+    from .ingest import decompose_table
+
+    summary = decompose_table(db, vocab, l1, table=table, model=model, pretrained=pretrained,
+                              prompt_template=prompt_template, image_mean=image_mean,
+                              storage_options=_storage_options(storage_options), quiet=quiet)
+    click.echo(str(summary))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -786,7 +786,7 @@ class FalconTransfer:
     """
 
     def __init__(self, alpha: float = 1e-3, test_fraction: float = 0.2, random_state: int = 0,
-                 n_terms: int = 8, share: float = 0.5, min_weight: float = 0.2, interpretable_only: bool = False):
+                 n_terms: int = 8, share: float = 0.5, min_weight: float = 0.5, interpretable_only: bool = False):
         self.alpha = alpha
         self.test_fraction = test_fraction
         self.random_state = random_state
@@ -1548,7 +1548,7 @@ class TransferResult:
 
 
 def transfer(db, from_column: str, to_column: str, *, table: str = "images", alpha: float = 1e-3,
-             test_fraction: float = 0.2, share: float = 0.5, min_weight: float = 0.2,
+             test_fraction: float = 0.2, share: float = 0.5, min_weight: float = 0.5,
              interpretable_only: bool = False,
              from_representation: str | None = None, write: bool = True, storage_options=None,
              random_state: int = 0) -> TransferResult:
