@@ -893,15 +893,23 @@ def _resolve_module(model, layer):
 
 
 def find_last_conv_block(model):
-    """GradCAM's target: ``model.layer4`` (ResNet-style) when present, else the last ``Conv2d``."""
+    """GradCAM's target: ``model.layer4`` (ResNet-style) when present, else the last ``Conv2d``
+    together with the normalisation / activation modules registered right after it (so that the
+    map is taken after the block's non-linearity, as for ResNet's ``layer4``)."""
     import torch.nn as nn
 
     if isinstance(getattr(model, "layer4", None), nn.Module):
         return model.layer4
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    mods = list(model.modules())
+    convs = [i for i, m in enumerate(mods) if isinstance(m, nn.Conv2d)]
     if not convs:
         raise InputError("the model has no Conv2d layer: pass target_layer= for GradCAM")
-    return convs[-1]
+    after = (nn.BatchNorm2d, nn.GroupNorm, nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.LeakyReLU, nn.Hardswish,
+             nn.ELU, nn.Mish)
+    i = convs[-1]
+    while i + 1 < len(mods) and isinstance(mods[i + 1], after) and mods[i + 1] not in mods[:convs[-1]]:
+        i += 1
+    return mods[i]
 
 
 def _last_linear(model):
@@ -1130,30 +1138,30 @@ def _vectors(col, name: str) -> tuple[np.ndarray, np.ndarray]:
     return valid, flat.reshape(len(sub), d)
 
 
-def _image_loader(uris: Sequence[str], root=None):
-    from pathlib import Path
+def _image_roots(meta: dict, image_root=None) -> list:
+    """Where relative uris may live: the given root, else the roots of the table's ingest sources."""
+    if image_root is not None:
+        return [str(image_root)]
+    roots = [s.get("root") for s in reversed(meta.get("sources") or []) if isinstance(s, dict) and s.get("root")]
+    roots = list(dict.fromkeys(roots + ([meta["image_root"]] if meta.get("image_root") else [])))
+    return roots + [None]
 
-    from PIL import Image
 
-    def _open(uri: str):
-        u = str(uri)
-        if u.startswith(("http://", "https://")):
-            import io
-            import urllib.request
+def _image_loader(uris: Sequence[str], roots=(None,)):
+    """``rows -> list of RGB PIL images``, read the way ingest reads them (local, file://, s3://, http)."""
+    from .ingest import ImageDecodeError, _read_location, decode_image
 
-            with urllib.request.urlopen(u, timeout=30) as resp:
-                return Image.open(io.BytesIO(resp.read())).convert("RGB")
-        if u.startswith("file://"):
-            u = u[len("file://"):]
-        p = Path(u).expanduser()
-        if not p.is_absolute() and root is not None:
-            p = Path(root) / p
-        try:
-            with Image.open(p) as im:
-                return im.convert("RGB")
-        except (OSError, ValueError) as exc:
-            raise InputError(f"could not open image {uri!r} ({p}): {exc}; pass image_root= (--image-root) "
-                             "if the table's uris are relative") from None
+    roots = list(roots) or [None]
+
+    def _open(uri):
+        last = None
+        for root in roots:
+            try:
+                return decode_image(_read_location(root, str(uri)))
+            except (ImageDecodeError, LanceConceptsError, OSError) as exc:
+                last = exc
+        raise InputError(f"could not read image {uri!r}: {last}. If the table's uris are relative, pass "
+                         "image_root= (CLI --image-root)") from None
 
     def load(rows):
         return [_open(uris[int(r)]) for r in rows]
@@ -1342,8 +1350,8 @@ def falcon(db, features_column: str = "embedding", *, table: str = "images", voc
     base = _read_columns(store, ["id", "uri", "status"])
     ids_all = np.asarray(base.column("id").to_pylist(), dtype=object)
     uris_all = base.column("uri").to_pylist() if "uri" in base.schema.names else [None] * base.num_rows
-    root = image_root if image_root is not None else meta.get("image_root")
-    load_all = _image_loader(uris_all, root)
+    roots = _image_roots(meta, image_root)
+    load_all = _image_loader(uris_all, roots)
     if features_column not in names:
         if model is None:
             vec = [f.name for f in store.schema if str(f.type).startswith(("fixed_size_list", "list<item: float"))]
@@ -1375,7 +1383,7 @@ def falcon(db, features_column: str = "embedding", *, table: str = "images", voc
         raise InputError(f"column {features_column!r} of table {table!r} holds no vectors")
     ids = ids_all[rows]
     uris = [uris_all[i] for i in rows]
-    load_images = _image_loader(uris, root)
+    load_images = _image_loader(uris, roots)
 
     # whole-image CLIP embeddings: the stored column when it comes from the encoder in use
     emb_col = data.column("embedding").filter(valid) if "embedding" in data.schema.names else None
