@@ -17,28 +17,35 @@ at run time):
 
 Method (every step is deterministic; ties are broken alphabetically):
 
-1. Unigrams: every lowercase ASCII word of ``wordfreq``'s English list that is not a stopword.
+1. Unigrams: every lowercase ASCII word of ``wordfreq``'s English list that is not a stopword
+   (:data:`STOPWORDS`), not in :data:`BLOCKLIST` and not rarer than :data:`MIN_WORD_ZIPF`.
 2. Inflections are merged (lemma-based): each word is mapped to a WordNet noun/adjective lemma with
    WordNet's exception lists plus regular suffix rules (``dogs -> dog``, ``mice -> mouse``,
-   ``glasses -> glass``, ``bigger -> big``). A group's frequency is the sum of its members' frequencies and
-   it is written as its most frequent member. Spelling variants that name exactly the same WordNet synsets
-   (``colour``/``color``, ``grey``/``gray``) are merged the same way.
-3. Visual filter: a group is kept when the share of its common-noun and adjective senses that denote
-   visual things is at least ``--min-visual-share`` (default 0.5). Senses are weighted by their SemCor tag
-   count plus ``1/rank`` (WordNet orders senses by frequency). A noun sense is visual when its WordNet
+   ``glasses -> glass``, ``bigger -> big``). A group is written as its lemma, unless a member that is a
+   WordNet lemma of its own is more than twice as frequent (``pants``, ``jeans``, ``clothes``). Spelling
+   variants naming exactly the same WordNet synsets (``colour``/``color``, ``grey``/``gray``) are merged
+   and written as the more frequent spelling.
+3. Visual filter. For every surface form, the *visual share* is the weighted share of visual senses among
+   all its WordNet readings: noun and adjective senses of its lemma (proper-noun senses, capitalised in
+   WordNet, count as non-visual), verb senses of the form and of the verb it inflects (``leaves`` ->
+   ``leave``, ``felt`` -> ``feel``) and adverb senses. Each sense weighs its SemCor tag count plus ``1/rank``.
+   A group's share is the frequency-weighted mean over its forms; groups below ``--min-visual-share``
+   (default 0.1; 0.5 for two-letter words) are dropped. A noun sense is visual when its WordNet
    lexicographer file is one of :data:`VISUAL_NOUN_LEXNAMES` (animals, artifacts, body, food, objects,
-   plants, substances, phenomena, shapes, people, locations) or when it is a hyponym of one of
-   :data:`VISUAL_NOUN_ROOTS` (colours, sports, seasons, times of day, crowds ...). An adjective sense is
-   visual when its cluster head is an attribute of :data:`VISUAL_ATTRIBUTES` (colour, size, shape,
-   texture, brightness, age ...) or it says what something is made of (``wooden``, ``woolen``).
-   Proper-noun senses (capitalised in WordNet) count as non-visual readings. Senses that WordNet marks as
-   ethnic slurs, obscenities or disparagements never count as visual, and words for which they carry at
-   least half of the noun/adjective sense weight are dropped, as are the words of a short :data:`BLOCKLIST`.
-4. Bigrams: two-word common-noun lemmas of WordNet ("ice cream") that pass the same visual filter, contain
-   no stopword and occur in the SymSpell bigram list; their frequency is their bigram count divided by the
-   sum of all counts in that list.
-5. The ``--size`` most frequent entries (unigram groups and bigrams ranked together) are written, most
-   frequent first, after a header of ``#`` comment lines with attribution and licences.
+   plants, substances, phenomena, shapes, people, locations) or it is a hyponym of one of
+   :data:`VISUAL_NOUN_ROOTS` (colours, sports, dances, ceremonies, seasons, times of day, crowds, vegetation,
+   fire ...). An adjective sense is visual when its cluster head is an attribute in :data:`VISUAL_ATTRIBUTES`
+   (colour, size, shape, texture, brightness, age ...) or its gloss says what a thing is made of
+   (``wooden``, ``woolen``). Senses that WordNet marks as ethnic slurs, obscenities or disparagements never
+   count as visual; words for which they carry at least half of the noun/adjective sense weight are dropped.
+4. Bigrams: two-word common-noun lemmas of WordNet ("ice cream") that pass the same filter, contain no
+   stopword or blocked word and occur in the SymSpell bigram list; their frequency is their bigram count
+   divided by the sum of all counts in that list (an over-estimate, as the list holds only frequent bigrams).
+5. Ranking: every entry is ranked by its *visual frequency*, frequency x visual share (an estimate of how
+   often the word is used in a visual sense), and the ``--size`` best are written, best first, after a
+   header of ``#`` comment lines with attribution and licences.
+
+The output depends only on the versions of the three packages (recorded in the header) and the options.
 """
 from __future__ import annotations
 
@@ -461,10 +468,12 @@ def _lemma_of(wn: WordNet, word: str) -> str | None:
 
 def _unigram_entries(wn: WordNet, judge: VisualJudge, freqs: dict[str, float], min_share: float,
                      size: int | None = None, competitors: list[float] = ()) -> list[Entry]:
-    """Visual lemma groups of the words in ``freqs``. With ``size``, groups are judged in descending order
-    of raw frequency and judging stops once no later group can enter the ``size`` best (a group's ranking
-    frequency is at most its raw frequency; ``competitors`` are the ranking frequencies of the bigrams, and a
-    safety factor of 4 leaves room for spelling variants whose frequencies are added up)."""
+    """Visual lemma groups of the words in ``freqs``, spelling variants merged.
+
+    With ``size``, units (a lemma group with its spelling variants) are judged in descending order of raw
+    frequency, and judging stops once no later unit can enter the ``size`` best: a unit's ranking frequency
+    is at most its raw frequency, and ``competitors`` are the ranking frequencies of the bigrams. The result
+    is exact: ``--size n`` writes the first n entries of the full list."""
     # 1. map every candidate word to its lemma group
     groups: dict[str, dict[str, float]] = defaultdict(dict)   # lemma -> {surface form: frequency}
     floor = 10 ** (MIN_WORD_ZIPF - 9)
@@ -475,56 +484,57 @@ def _unigram_entries(wn: WordNet, judge: VisualJudge, freqs: dict[str, float], m
         if lemma is None or lemma in STOPWORDS or lemma in BLOCKLIST:
             continue
         groups[lemma][word] = groups[lemma].get(word, 0.0) + freq
-    # 2. judge each group on the readings of all its members (the lemma included)
-    judged = []
+    # 2. spelling variants: groups whose lemmas name exactly the same synsets and are spelled alike
+    by_key: dict[frozenset, list[str]] = defaultdict(list)
+    for lemma in sorted(groups):
+        key = frozenset((pos, offset) for pos in ("n", "a") for _, offset, common in wn.senses(lemma, pos) if common)
+        if key:
+            by_key[key].append(lemma)
+    root = {lemma: lemma for lemma in groups}
+    for lemmas in by_key.values():
+        for i, a in enumerate(lemmas):
+            for b in lemmas[i + 1:]:
+                if root[a] == a and root[b] == b and difflib.SequenceMatcher(None, a, b).ratio() >= 0.75:
+                    root[b] = a
+    units: dict[str, list[str]] = defaultdict(list)
+    for lemma in sorted(groups):
+        units[root[lemma]].append(lemma)
+    raw = {u: sum(sum(groups[m].values()) for m in members) for u, members in units.items()}
+    # 3. judge the units, most frequent first
     best: list[float] = sorted(competitors, reverse=True)[:size] if size else []
     heapq.heapify(best)
-    for lemma in sorted(groups, key=lambda g: (-sum(groups[g].values()), g)):
-        members = groups[lemma]
-        raw = sum(members.values())
-        if size and len(best) >= size and raw < best[0] / 4:
+    entries = []
+    for unit in sorted(units, key=lambda u: (-raw[u], u)):
+        if size and len(best) >= size and raw[unit] < best[0]:
             break
-        share, offensive, key = judge.judge(lemma, members)
-        if offensive or share < min_share or not key:
+        kept = []
+        for lemma in units[unit]:
+            members = groups[lemma]
+            share, offensive, key = judge.judge(lemma, members)
+            if offensive or not key or share < min_share:
+                continue
+            if len(lemma) == 2 and share < max(min_share, MIN_SHARE_TWO_LETTERS):
+                continue
+            # written as the lemma, unless a member that is a lemma of its own is more than twice as
+            # frequent (pants, jeans, clothes; but eye, not eyes)
+            text = lemma
+            for form in sorted(members, key=lambda w: (-members[w], w)):
+                if form != lemma and members[form] > 2 * members.get(lemma, 0.0) and wn.is_common(form, "n"):
+                    text = form
+                break
+            kept.append((text, members, share))
+        if not kept:
             continue
-        if len(lemma) == 2 and share < max(min_share, MIN_SHARE_TWO_LETTERS):
-            continue
-        # written as the lemma, unless a member that is a lemma of its own is more than twice as frequent
-        # (pants, jeans, clothes; but eye, not eyes)
-        text = lemma
-        for form in sorted(members, key=lambda w: (-members[w], w)):
-            if form != lemma and members[form] > 2 * members.get(lemma, 0.0) and wn.is_common(form, "n"):
-                text = form
-            break
-        judged.append((text, members, share, key))
+        text = max(kept, key=lambda v: (sum(v[1].values()), v[0]))[0]     # the most frequent spelling
+        total = sum(sum(v[1].values()) for v in kept)
+        effective = sum(sum(v[1].values()) * v[2] for v in kept)
+        forms = tuple(sorted({f for v in kept for f in v[1]}))
+        entries.append(Entry(text, effective, "unigram", forms, effective / total if total else 0.0))
         if size:
             if len(best) < size:
-                heapq.heappush(best, raw * share)
-            elif raw * share > best[0]:
-                heapq.heapreplace(best, raw * share)
-    # 3. merge spelling variants: groups naming exactly the same synsets, with similar spellings
-    judged.sort(key=lambda item: item[0])
-    by_key: dict[frozenset, list[int]] = defaultdict(list)
-    for i, item in enumerate(judged):
-        by_key[item[3]].append(i)
-    root = list(range(len(judged)))
-    for idxs in by_key.values():
-        for a_pos, a in enumerate(idxs):
-            for b in idxs[a_pos + 1:]:
-                if root[b] == b and root[a] == a and \
-                        difflib.SequenceMatcher(None, judged[a][0], judged[b][0]).ratio() >= 0.75:
-                    root[b] = a
-    variants: dict[int, list[int]] = defaultdict(list)
-    for i in range(len(judged)):
-        variants[root[i]].append(i)
-    entries = []
-    for idxs in variants.values():
-        group = [judged[i] for i in idxs]
-        text = max(group, key=lambda v: (sum(v[1].values()), v[0]))[0]   # the most frequent spelling
-        raw = sum(sum(v[1].values()) for v in group)
-        effective = sum(sum(v[1].values()) * v[2] for v in group)
-        forms = tuple(sorted({f for v in group for f in v[1]}))
-        entries.append(Entry(text, effective, "unigram", forms, effective / raw if raw else 0.0))
+                heapq.heappush(best, effective)
+            elif effective > best[0]:
+                heapq.heapreplace(best, effective)
     return entries
 
 
