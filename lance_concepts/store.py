@@ -25,11 +25,19 @@ layout". Provenance lives in the Lance schema metadata of each table under the k
 Writes are merges on ``id`` (``merge_insert("id").when_not_matched_insert_all()``), so a batch that
 is committed twice (a re-run after a crash) lands once. Postings are written before their image
 rows and upserted on ``(image_id, concept_id)``: a crash between the two commits leaves postings of
-images that a re-run writes again, never images without postings. Lance commit conflicts from
-concurrent writers are retried with backoff and reported if they persist.
+images that a re-run writes again, never images without postings.
+
+Concurrent writers: Lance retries conflicting commits, but two concurrent *inserts* of the same key
+do not conflict in Lance (both append), so merges alone would let two processes that ingest the
+same image at the same moment both insert it. On a local database each batch commit therefore
+holds an exclusive file lock (``<db>/_lance_concepts/<table>.lock``) and re-reads the latest
+version before merging; on object stores, where there is no lock, :meth:`ImageStore.dedupe` (run
+at the end of every ingest) removes such duplicates. Remaining commit conflicts are retried with
+backoff and reported (:class:`CommitConflictError`) if they persist.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -301,6 +309,51 @@ def with_retries(fn: Callable[[], Any], what: str, *, attempts: int = 8, base_de
 
 
 # ------------------------------------------------------------------------------------------ store
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no lock, dedupe only
+    fcntl = None
+
+
+def _local_lock_path(db_uri: str, table: str) -> str | None:
+    """The lock file of a local database, or None for object stores / remote URIs."""
+    if "://" in db_uri and not db_uri.startswith("file://"):
+        return None
+    path = db_uri[len("file://"):] if db_uri.startswith("file://") else db_uri
+    return os.path.join(os.path.abspath(os.path.expanduser(path)), "_lance_concepts", f"{table}.lock")
+
+
+def _latest(tbl) -> None:
+    try:
+        tbl.checkout_latest()
+    except Exception:  # a table handle already at the latest version, or an API without it
+        pass
+
+
+def _delete_duplicates(ds, t: pa.Table, keys: list[str], prefer: tuple[str, str] | None = None) -> int:
+    import pyarrow.compute as pc
+
+    if t.num_rows == 0:
+        return 0
+    counts = t.group_by(keys).aggregate([(keys[0], "count")])
+    dup = counts.filter(pc.greater(counts[f"{keys[0]}_count"], 1))
+    if dup.num_rows == 0:
+        return 0
+    dupkeys = set(zip(*[dup.column(k).to_pylist() for k in keys]))
+    rows = [r for r in t.to_pylist() if tuple(r[k] for k in keys) in dupkeys]
+    best: dict = {}
+    for r in rows:
+        key = tuple(r[k] for k in keys)
+        rank = (0 if prefer and r.get(prefer[0]) == prefer[1] else 1, r["_rowid"])
+        if key not in best or rank < best[key][0]:
+            best[key] = (rank, r["_rowid"])
+    keep = {v[1] for v in best.values()}
+    drop = [r["_rowid"] for r in rows if r["_rowid"] not in keep]
+    for i in range(0, len(drop), 1000):
+        ds.delete("_rowid IN (" + ",".join(str(int(x)) for x in drop[i:i + 1000]) + ")")
+    return len(drop)
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -318,6 +371,21 @@ class ImageStore:
         self.concepts_name, self.postings_name = companion_tables(table)
         self._tbl = None
         self._postings = None
+        self.lock_path = _local_lock_path(self.db_uri, table)
+
+    @contextlib.contextmanager
+    def write_lock(self):
+        """Exclusive across processes and threads for local databases (no-op on object stores)."""
+        if self.lock_path is None or fcntl is None:
+            yield
+            return
+        os.makedirs(os.path.dirname(self.lock_path), exist_ok=True)
+        with open(self.lock_path, "a+") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
     # -- open / create --------------------------------------------------------------------------
     def exists(self) -> bool:
@@ -380,11 +448,12 @@ class ImageStore:
         payload = {METADATA_KEY: json.dumps(_jsonable({**meta, "updated_at": _now()}), sort_keys=True)}
         names = list(tables) if tables is not None else [self.name, self.concepts_name, self.postings_name]
         present = set(_table_names(self.conn))
-        for name in names:
-            if name not in present:
-                continue
-            ds = self.conn.open_table(name).to_lance()
-            with_retries(lambda ds=ds: ds.update_schema_metadata(payload), f"metadata of {name}")
+        with self.write_lock():
+            for name in names:
+                if name not in present:
+                    continue
+                ds = self.conn.open_table(name).to_lance()
+                with_retries(lambda ds=ds: ds.update_schema_metadata(payload), f"metadata of {name}")
         self.refresh()
 
     # -- schema evolution -----------------------------------------------------------------------
@@ -446,28 +515,49 @@ class ImageStore:
         ids = rows.column("id")
         if len(pa.compute.unique(ids)) != rows.num_rows:
             raise InputError("a write batch has duplicate ids")
-        if postings is not None and postings.num_rows:
-            p = postings.select(["image_id", "concept_id", "weight"]).cast(postings_schema())
-            ptbl = self.postings
+        with self.write_lock():
+            if postings is not None and postings.num_rows:
+                p = postings.select(["image_id", "concept_id", "weight"]).cast(postings_schema())
+                ptbl = self.postings
 
-            def merge_postings():
-                return (ptbl.merge_insert(["image_id", "concept_id"]).when_matched_update_all()
-                        .when_not_matched_insert_all().execute(p))
+                def merge_postings():
+                    _latest(ptbl)
+                    return (ptbl.merge_insert(["image_id", "concept_id"]).when_matched_update_all()
+                            .when_not_matched_insert_all().execute(p))
 
-            with_retries(merge_postings, f"write postings to {self.postings_name}")
-        data = self.align(rows)
-        tbl = self.table
+                with_retries(merge_postings, f"write postings to {self.postings_name}")
+            _latest(self.table)
+            data = self.align(rows)
+            tbl = self.table
 
-        def merge_rows():
-            b = tbl.merge_insert("id")
-            if retry_errors:
-                b = b.when_matched_update_all(where="target.status = 'error'")
-            # error rows carry a null embedding on purpose (LanceDB calls null vectors "bad")
-            return b.when_not_matched_insert_all().execute(data, on_bad_vectors="null")
+            def merge_rows():
+                _latest(tbl)
+                b = tbl.merge_insert("id")
+                if retry_errors:
+                    b = b.when_matched_update_all(where="target.status = 'error'")
+                # error rows carry a null embedding on purpose (LanceDB calls null vectors "bad")
+                return b.when_not_matched_insert_all().execute(data, on_bad_vectors="null")
 
-        res = with_retries(merge_rows, f"write rows to {self.name}")
+            res = with_retries(merge_rows, f"write rows to {self.name}")
         return {"inserted": int(getattr(res, "num_inserted_rows", 0) or 0),
                 "updated": int(getattr(res, "num_updated_rows", 0) or 0)}
+
+    def dedupe(self, postings: bool = False) -> int:
+        """Delete duplicate ids (keeping an 'ok' row, else the first); with ``postings`` also duplicate
+        (image_id, concept_id) postings. Returns the number of rows removed."""
+        removed = 0
+        with self.write_lock():
+            _latest(self.table)
+            ds = self.table.to_lance()
+            t = ds.to_table(columns=["id", "status"], with_row_id=True)
+            removed += _delete_duplicates(ds, t, ["id"], prefer=("status", "ok"))
+            if postings and self.postings_name in _table_names(self.conn):
+                _latest(self.postings)
+                pds = self.postings.to_lance()
+                pt = pds.to_table(columns=["image_id", "concept_id"], with_row_id=True)
+                removed += _delete_duplicates(pds, pt, ["image_id", "concept_id"])
+        self.refresh()
+        return removed
 
     def delete(self, where: str) -> None:
         with_retries(lambda: self.table.delete(where), f"delete from {self.name}")
@@ -521,8 +611,10 @@ class ImageStore:
                     yield from b.select(schema.names).cast(schema).to_batches()
 
         reader = pa.RecordBatchReader.from_batches(schema, gen())
-        tbl = self.table
-        res = tbl.merge_insert("id").when_matched_update_all().execute(reader)
+        with self.write_lock():
+            tbl = self.table
+            _latest(tbl)
+            res = tbl.merge_insert("id").when_matched_update_all().execute(reader)
         self.refresh()
         return int(getattr(res, "num_updated_rows", 0) or 0)
 
