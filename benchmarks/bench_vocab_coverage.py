@@ -11,7 +11,8 @@ Names and vocabulary entries are compared after the same normalisation: lower ca
 hyphens and underscores as spaces (``jack-o'-lantern`` -> ``jack o lantern``). Reported per vocabulary:
 
 * exact: the whole class name is a vocabulary entry ("golden retriever", "tench");
-* head: the class name's last word is an entry ("retriever" for "golden retriever");
+* head: the class name's last word is an entry ("retriever" for "golden retriever"); "any number" also
+  accepts its simple singular/plural variants ("bars" for "parallel bars" matches "bar");
 * any word: at least one word of the class name (not a stopword) is an entry;
 * size, two-word entries, and the shares of entries that are stopwords, contain a digit, or contain
   punctuation (anything but letters and spaces).
@@ -51,15 +52,30 @@ def imagenet_class_names(shared: Path) -> list[str]:
     return names
 
 
+def number_variants(word: str) -> set[str]:
+    """The word with simple English singular/plural variants ("bars" -> "bar", "bear" -> "bears")."""
+    out = {word, word + "s", word + "es"}
+    if word.endswith("ies"):
+        out.add(word[:-3] + "y")
+    if word.endswith("es"):
+        out.add(word[:-2])
+    if word.endswith("s"):
+        out.add(word[:-1])
+    if word.endswith("y"):
+        out.add(word[:-1] + "ies")
+    return out
+
+
 def coverage(names: list[str], vocab: list[str]) -> dict:
     entries = {normalise(v) for v in vocab}
-    exact = head = any_word = 0
+    exact = head = head_number = any_word = 0
     missed_head = []
     for name in names:
         norm = normalise(name)
         words = norm.split()
         exact += norm in entries
         head += words[-1] in entries
+        head_number += any(v in entries for v in number_variants(words[-1]))
         any_word += any(w in entries for w in words if w not in STOPWORDS)
         if words[-1] not in entries:
             missed_head.append(name)
@@ -70,7 +86,7 @@ def coverage(names: list[str], vocab: list[str]) -> dict:
     dirty = sum(v.lower() in STOPWORDS or bool(re.search(r"[^A-Za-z ]", v)) for v in vocab)
     return {
         "size": len(vocab), "two_word": sum(" " in v.strip() for v in vocab),
-        "exact": exact / n, "head": head / n, "any": any_word / n,
+        "exact": exact / n, "head": head / n, "head_number": head_number / n, "any": any_word / n,
         "stop": stop / len(vocab), "digit": digit / len(vocab), "punct": punct / len(vocab),
         "dirty": dirty / len(vocab), "missed_head": missed_head,
     }
@@ -93,12 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     vocabs += [(p, read_vocab(Path(p))) for p in args.vocab]
     results = [(label, coverage(names, vocab)) for label, vocab in vocabs]
     print(f"ImageNet-1k class names: {len(names)} ({len(set(names))} distinct)\n")
-    print("| vocabulary | entries | two-word | exact name | head word | any word | stopwords | "
-          "with digits | with punctuation |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| vocabulary | entries | two-word | exact name | head word | head word, any number | any word | "
+          "stopwords | with digits | with punctuation |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for label, r in results:
         print(f"| {label} | {r['size']:,} | {r['two_word']:,} | {r['exact']:.1%} | {r['head']:.1%} | "
-              f"{r['any']:.1%} | {r['stop']:.1%} | {r['digit']:.1%} | {r['punct']:.1%} |")
+              f"{r['head_number']:.1%} | {r['any']:.1%} | {r['stop']:.1%} | {r['digit']:.1%} | {r['punct']:.1%} |")
     ours, laion_all = results[0][1], results[1][1]
     only_ours = sorted(set(laion_all["missed_head"]) - set(ours["missed_head"]))
     only_laion = sorted(set(ours["missed_head"]) - set(laion_all["missed_head"]))
