@@ -34,7 +34,7 @@ Method (every step is deterministic; ties are broken alphabetically):
    lexicographer file is one of :data:`VISUAL_NOUN_LEXNAMES` (animals, artifacts, body, food, objects,
    plants, substances, phenomena, shapes, people, locations) or it is a hyponym of one of
    :data:`VISUAL_NOUN_ROOTS` (colours, sports, dances, ceremonies, seasons, times of day, crowds, vegetation,
-   fire ...). An adjective sense is visual when its cluster head is an attribute in :data:`VISUAL_ATTRIBUTES`
+   fire, signs, charts, traffic lights, letters, logos ...). An adjective sense is visual when its cluster head is an attribute in :data:`VISUAL_ATTRIBUTES`
    (colour, size, shape, texture, brightness, age ...) or its gloss says what a thing is made of
    (``wooden``, ``woolen``). Senses that WordNet marks as ethnic slurs, obscenities or disparagements never
    count as visual; words for which they carry at least half of the noun/adjective sense weight are dropped.
@@ -109,7 +109,9 @@ VISUAL_NOUN_ROOTS: tuple[str, ...] = (
     "night.n.01", "morning.n.01", "evening.n.01", "dawn.n.01", "twilight.n.01", "daytime.n.01",
     "crowd.n.01", "animal_group.n.01", "biota.n.01", "vegetation.n.01", "party.n.02",  # herd, forest
     "fire.n.01", "fire.n.03",                        # the event / process of burning
-    "picture.n.05",                                  # illustrations (noun.communication)
+    # noun.communication: things one sees
+    "picture.n.05", "visual_communication.n.01", "visual_signal.n.01",   # illustrations, charts, traffic lights
+    "sign.n.02", "letter.n.02", "label.n.04", "logo.n.01", "cartoon.n.01", "cartoon.n.02",
 )
 
 #: Attribute nouns (first lemma of the attribute synset) of adjective clusters that describe appearance.
