@@ -247,16 +247,24 @@ def _cd_sweeps(G: np.ndarray, q: np.ndarray, x: np.ndarray, sweeps: int) -> np.n
 
 
 def _masked_solve(G: np.ndarray, q: np.ndarray, F: np.ndarray) -> np.ndarray:
-    """Solve ``G_FF z_F = q_F`` per image (z = 0 off F) as one batched LAPACK call."""
+    """Solve ``G_FF z_F = q_F`` per image (z = 0 off F) as one batched LAPACK call on the F block."""
     n, K = q.shape
-    M = np.where(F[:, :, None] & F[:, None, :], G, 0.0)
-    diag = np.arange(K)
-    M[:, diag, diag] += np.where(F, 1e-12, 1.0)  # identity off F; a 1e-12 ridge keeps G_FF regular
-    rhs = np.where(F, q, 0.0)
+    order = _front(F)  # the F variables first, trimmed to the largest |F|
+    p = order.shape[1]
+    z = np.zeros((n, K))
+    if p == 0:
+        return z
+    Fp = np.take_along_axis(F, order, 1)
+    Gp = np.take_along_axis(np.take_along_axis(G, order[:, :, None], 1), order[:, None, :], 2)
+    M = np.where(Fp[:, :, None] & Fp[:, None, :], Gp, 0.0)
+    diag = np.arange(p)
+    M[:, diag, diag] += np.where(Fp, 1e-12, 1.0)  # identity off F; a 1e-12 ridge keeps G_FF regular
+    rhs = np.where(Fp, np.take_along_axis(q, order, 1), 0.0)
     try:
-        z = np.linalg.solve(M, rhs[:, :, None])[:, :, 0]
+        zp = np.linalg.solve(M, rhs[:, :, None])[:, :, 0]
     except np.linalg.LinAlgError:
-        z = np.stack([np.linalg.lstsq(M[i], rhs[i], rcond=None)[0] for i in range(n)])
+        zp = np.stack([np.linalg.lstsq(M[i], rhs[i], rcond=None)[0] for i in range(n)])
+    np.put_along_axis(z, order, np.where(Fp, zp, 0.0), 1)
     return np.where(F, z, 0.0)
 
 
@@ -418,7 +426,8 @@ class SpliceDecomposer:
         self.n_duplicates_ = int(len(nonzero) - len(keep))
         self.device_ = _resolve_device(self.device)
         Du = np.vstack([D[self._solver_to_concept], np.zeros((1, self.dim_), np.float32)])  # + padding row
-        self._Du = torch.from_numpy(np.ascontiguousarray(Du)).to(self.device_)
+        self._Dn = np.ascontiguousarray(Du)
+        self._Du = torch.from_numpy(self._Dn).to(self.device_)
         self._cu = len(keep)
 
         m = self.image_mean
@@ -493,127 +502,160 @@ class SpliceDecomposer:
         return out
 
     def _solve_batch(self, V: np.ndarray):
-        """Working-set solve of one batch. Returns (row, solver-index, weight) triplets sorted by row,
-        plus per-image rounds and final KKT violation."""
+        """Working-set solve of one batch.
+
+        Returns (row, solver index, weight) triplets sorted by row, plus per-image rounds and final
+        KKT violation. Per image the state is its support ``S`` (padded with the zero padding
+        concept), the weights on it and the Gram ``G_SS``; a round adds candidates ``N`` and only
+        computes ``D_N D_W^T`` (incremental Gram)."""
         import torch
 
         n, d = V.shape
         lam = float(self.l1_penalty)
         half = lam / 2.0
-        tol_half = float(self.kkt_tol) / 2.0
-        eps_inner = tol_half * 0.1
-        cu, dummy = self._cu, self._cu
+        eps_inner = float(self.kkt_tol) / 2.0 * 0.1
+        cu = dummy = self._cu
         Dfull = self._Du  # (cu + 1, d): the last row is the zero padding concept
         dev = Dfull.device
         Vt = torch.from_numpy(V).to(dev)
 
         rounds = np.zeros(n, np.int32)
         kkt = np.full(n, np.inf, np.float32)
-        S_idx = np.full((n, 0), dummy, np.int64)  # support (padded with the zero padding row)
+        # final supports, filled as images are accepted
+        out_idx = np.full((n, 0), dummy, np.int64)
+        out_w = np.zeros((n, 0))
+        act = np.arange(n)  # images still running
+        S_idx = np.full((n, 0), dummy, np.int64)  # state of the running images, aligned with `act`
         S_w = np.zeros((n, 0))
-        act = np.arange(n)  # images not yet accepted
+        S_G = np.zeros((n, 0, 0))
         for r in range(int(self.max_rounds) + 1):
-            if not len(act):
-                break
-            # ---- full-dictionary residual correlations for the images still running (one GEMM)
-            Si = S_idx[act]
-            Sw = S_w[act]
+            # ---- residual correlations of the running images with every concept: one GEMM
             Rt = Vt if r == 0 else Vt[torch.from_numpy(act).to(dev)]
-            if Si.shape[1]:
-                Rt = Rt - self._combine(Si, Sw)
+            if S_idx.shape[1]:
+                Rt = Rt - self._combine(S_idx, S_w)
             viol = Rt @ Dfull.T  # (na, cu + 1); the padding column is 0
-            viol -= half  # > 0 is a violation for a zero weight
+            viol -= half  # > 0: a zero weight that should enter
             rounds[act] += 1
-            if Si.shape[1]:
-                Si_t = torch.from_numpy(Si).to(dev)
-                sup_valid = torch.from_numpy(Si != dummy).to(dev)
-                on_sup = torch.gather(viol, 1, Si_t).abs().masked_fill(~sup_valid, 0).amax(1)
+            s = S_idx.shape[1]
+            if s:
+                Si_t = torch.from_numpy(S_idx).to(dev)
+                vS = torch.gather(viol, 1, Si_t)
+                sup_valid = S_idx != dummy
+                on_sup = vS.abs().masked_fill(~torch.from_numpy(sup_valid).to(dev), 0).amax(1)
                 viol.scatter_(1, Si_t, -math.inf)  # support (and padding) are not candidates
+                vS = vS.cpu().numpy().astype(np.float64)
             else:
                 on_sup = torch.zeros(len(act), device=dev)
-            off_sup = viol.amax(1)
-            worst = 2.0 * torch.maximum(torch.clamp(off_sup, min=0), on_sup)
-            worst = worst.cpu().numpy()
+            worst = (2.0 * torch.maximum(torch.clamp(viol.amax(1), min=0), on_sup)).cpu().numpy()
             kkt[act] = worst
             done = worst <= self.kkt_tol
-            if r == int(self.max_rounds) or done.all():
-                act = act[~done]
-                break
-            keep = ~done
-            act, viol = act[keep], viol[torch.from_numpy(keep).to(dev)]
-            Si, Sw = Si[keep], Sw[keep]
+            last = r == int(self.max_rounds)
+            if done.any() or last:
+                fin = np.ones_like(done) if last else done
+                width = max(out_idx.shape[1], s)
+                out_idx, out_w = _pad_cols(out_idx, width, dummy), _pad_cols(out_w, width, 0.0)
+                out_idx[act[fin]] = _pad_cols(S_idx[fin], width, dummy)
+                out_w[act[fin]] = _pad_cols(S_w[fin], width, 0.0)
+                keep = ~fin
+                if not keep.any():
+                    break
+                act, S_idx, S_w, S_G = act[keep], S_idx[keep], S_w[keep], S_G[keep]
+                viol = viol[torch.from_numpy(keep).to(dev)]
+                if s:
+                    vS, sup_valid = vS[keep], sup_valid[keep]
+            na = len(act)
 
-            # ---- new working sets: support + strongest violators
-            ns = (Si != dummy).sum(1)
+            # ---- candidates: the strongest violators (all images of the round share the width)
+            ns = (S_idx != dummy).sum(1)
             if r == 0:
-                m = np.full(len(act), int(self.working_set))
+                m = np.full(na, int(self.working_set))
             else:
                 m = np.maximum(int(self.min_add), np.ceil((self.grow - 1.0) * ns).astype(int))
             k = int(min(m.max(), cu))
-            vals, cand = torch.topk(viol, k, dim=1)
-            vals, cand = vals.cpu().numpy(), cand.cpu().numpy()
-            take = (np.arange(k)[None, :] < m[:, None]) & (vals > eps_inner)
-            cand = np.where(take, cand, dummy)
-            W = np.concatenate([Si, cand], axis=1)
-            W, Wv = _compact_columns(W, W != dummy, dummy)
-            x0 = np.zeros(W.shape, np.float64)
-            # the support comes first in W (compaction keeps order): copy its weights
-            x0[:, : Si.shape[1]] = np.where(Si != dummy, Sw, 0.0)[:, : W.shape[1]] if Si.shape[1] else 0.0
+            vN, N = torch.topk(viol, k, dim=1, sorted=True)
+            vN, N = vN.cpu().numpy().astype(np.float64), N.cpu().numpy()
+            takeN = (np.arange(k)[None, :] < m[:, None]) & (vN > eps_inner)
+            order = _front(takeN)  # topk is sorted, so the kept ones are a prefix; this trims columns
+            takeN = np.take_along_axis(takeN, order, 1)
+            N = np.where(takeN, np.take_along_axis(N, order, 1), dummy)
+            vN = np.where(takeN, np.take_along_axis(vN, order, 1), 0.0)
+            W = np.concatenate([S_idx, N], axis=1)
+            Wv = W != dummy
+            K = W.shape[1]
 
-            G, q = self._gram(W, Vt, act)
-            q = q - half
-            q[~Wv] = -1.0
+            # ---- small problems: G = D_W D_W^T (only the new rows are computed), q = D_W v - lam/2
+            G = np.empty((na, K, K))
+            if s:
+                G[:, :s, :s] = S_G
+            B = self._cross_gram(W, s)  # (na, K - s, K) = D_N D_W^T
+            G[:, s:, :] = B
+            G[:, :s, s:] = B[:, :, :s].transpose(0, 2, 1)
+            pad = ~Wv
+            if pad.any():
+                ii, jj = np.nonzero(pad)
+                G[ii, jj, :] = 0.0
+                G[ii, :, jj] = 0.0
+                G[ii, jj, jj] = 1.0
+            # q_j = d_j.v - lam/2 = viol_j + (G_{jS} x_S): the GEMM already holds d_j.r
+            q = np.concatenate([vS, vN], axis=1) if s else vN
+            if s:
+                q = q + _batched_matvec(G[:, :, :s], S_w)
+            q[pad] = -1.0
+            x0 = np.zeros((na, K))
+            x0[:, :s] = S_w
             x = _cd_sweeps(G, q, x0, int(self.cd_sweeps))
             xb, ok = _bpp(G, q, x > 0, Wv, eps_inner, int(self.max_pivots))
             x = np.where(ok[:, None], xb, x)
-            pos = (x > 0) & Wv
-            S_new, S_wnew = _compact_columns(np.where(pos, W, dummy), pos, dummy, values=np.where(pos, x, 0.0))
-            width = max(S_idx.shape[1], S_new.shape[1])
-            S_idx = _pad_cols(S_idx, width, dummy)
-            S_w = _pad_cols(S_w, width, 0.0)
-            S_idx[act] = _pad_cols(S_new, width, dummy)
-            S_w[act] = _pad_cols(S_wnew, width, 0.0)
 
-        valid = S_idx != dummy
+            # ---- new supports (compacted) and their Grams
+            pos = (x > 0) & Wv
+            order = _front(pos)
+            kept = np.take_along_axis(pos, order, 1)
+            S_idx = np.where(kept, np.take_along_axis(W, order, 1), dummy)
+            S_w = np.where(kept, np.take_along_axis(x, order, 1), 0.0)
+            S_G = np.take_along_axis(np.take_along_axis(G, order[:, :, None], 1), order[:, None, :], 2)
+            ii, jj = np.nonzero(~kept)
+            S_G[ii, jj, :] = 0.0
+            S_G[ii, :, jj] = 0.0
+            S_G[ii, jj, jj] = 1.0
+
+        valid = out_idx != dummy
         rows = np.nonzero(valid)[0]
-        return rows, S_idx[valid], S_w[valid], rounds, kkt
+        return rows, out_idx[valid], out_w[valid], rounds, kkt
 
     def _combine(self, Si: np.ndarray, Sw: np.ndarray):
-        """``W D`` for padded supports (na, s) -> torch (na, d), in chunks."""
+        """``W D`` for padded supports (na, s) -> torch (na, d) float32 (a sparse-dense product)."""
         import torch
 
-        D = self._Du
-        out = []
-        step = max(1, (1 << 24) // max(1, Si.shape[1] * self.dim_))
-        for s in range(0, len(Si), step):
-            idx = torch.from_numpy(Si[s:s + step]).to(D.device)
-            w = torch.from_numpy(Sw[s:s + step].astype(np.float32)).to(D.device)
-            out.append(torch.bmm(w[:, None, :], D[idx])[:, 0])
-        return torch.cat(out)
+        na, s = Si.shape
+        indptr = np.arange(0, na * s + 1, s, dtype=np.int64)
+        if self._Du.device.type == "cpu":
+            M = sp.csr_matrix((Sw.reshape(-1).astype(np.float32), Si.reshape(-1), indptr), shape=(na, self._cu + 1))
+            return torch.from_numpy(np.asarray(M @ self._Dn))
+        M = torch.sparse_csr_tensor(
+            torch.from_numpy(indptr), torch.from_numpy(Si.reshape(-1)),
+            torch.from_numpy(Sw.reshape(-1).astype(np.float32)), size=(na, self._cu + 1),
+        ).to(self._Du.device)
+        return M @ self._Du
 
-    def _gram(self, W: np.ndarray, Vt, act: np.ndarray):
-        """Per-image Gram ``D_W D_W^T`` (na, K, K) and ``D_W v`` (na, K), float64 numpy."""
+    def _cross_gram(self, W: np.ndarray, s: int) -> np.ndarray:
+        """``D_N D_W^T`` with ``N = W[:, s:]`` per image: (na, K - s, K) float32, in chunks."""
         import torch
 
-        D = self._Du
         na, K = W.shape
-        G = np.empty((na, K, K))
-        q = np.empty((na, K))
-        step = max(1, (1 << 24) // max(1, (K + 1) * self.dim_))
-        act_t = torch.from_numpy(act).to(D.device)
-        for s in range(0, na, step):
-            Dw = D[torch.from_numpy(W[s:s + step]).to(D.device)]  # (b, K, d)
-            A = torch.cat([Dw, Vt[act_t[s:s + step]][:, None, :]], 1)
-            M = torch.bmm(A, Dw.transpose(1, 2)).cpu().numpy()
-            G[s:s + step] = M[:, :K]
-            q[s:s + step] = M[:, K]
-        pad = W == self._cu
-        if pad.any():
-            ii, jj = np.nonzero(pad)
-            G[ii, jj, :] = 0.0
-            G[ii, :, jj] = 0.0
-            G[ii, jj, jj] = 1.0
-        return G, q
+        out = torch.empty((na, K - s, K), dtype=torch.float32)
+        step = max(1, (1 << 22) // max(1, K * self.dim_))
+        cpu = self._Du.device.type == "cpu"
+        for a in range(0, na, step):
+            b = min(na, a + step)
+            if cpu:  # numpy's take is several times faster than torch indexing on the CPU
+                Dw = torch.from_numpy(self._Dn.take(W[a:b].reshape(-1), axis=0).reshape(b - a, K, self.dim_))
+                torch.bmm(Dw[:, s:], Dw.transpose(1, 2), out=out[a:b])
+            else:
+                idx = torch.from_numpy(W[a:b].reshape(-1)).to(self._Du.device)
+                Dw = self._Du.index_select(0, idx).view(b - a, K, self.dim_)
+                out[a:b] = torch.bmm(Dw[:, s:], Dw.transpose(1, 2)).cpu()
+        return out.numpy()
 
     # ---------------------------------------------------------------- recomposition & editing
     def _weights(self, weights) -> sp.csr_matrix:
@@ -622,7 +664,8 @@ class SpliceDecomposer:
         if sp.issparse(weights):
             W = sp.csr_matrix(weights, dtype=np.float32)
         else:
-            W = sp.csr_matrix(_to_numpy(weights, "weights", ndim=(1, 2)).reshape(-1, self.n_concepts_).astype(np.float32))
+            arr = _to_numpy(weights, "weights", ndim=(1, 2))
+            W = sp.csr_matrix((arr[None, :] if arr.ndim == 1 else arr).astype(np.float32))
         if W.shape[1] != self.n_concepts_:
             raise InputError(f"weights have {W.shape[1]} columns but the dictionary has {self.n_concepts_} concepts")
         if W.nnz and not np.isfinite(W.data).all():
@@ -695,6 +738,12 @@ def _pad_cols(a: np.ndarray, width: int, fill) -> np.ndarray:
     if a.shape[1] >= width:
         return a
     return np.concatenate([a, np.full((a.shape[0], width - a.shape[1]), fill, a.dtype)], axis=1)
+
+
+def _front(keep: np.ndarray) -> np.ndarray:
+    """Column order that moves each row's kept entries to the front (stable), trimmed to the widest row."""
+    width = int(keep.sum(1).max()) if keep.size else 0
+    return np.argsort(~keep, axis=1, kind="stable")[:, :width]
 
 
 def _compact_columns(idx: np.ndarray, keep: np.ndarray, fill, values: np.ndarray | None = None):
