@@ -289,7 +289,7 @@ class WordNet:
                 if pos == "v" and not repl and len(stem) > 2 and stem[-1] == stem[-2]:
                     candidates.append(stem[:-1])     # running -> run, stopped -> stop
         for base in candidates:
-            if base != word and base not in out and self.is_common(base, pos):
+            if base != word and base not in out and _WORD.match(base) and self.is_common(base, pos):
                 out.append(base)
         return out
 
