@@ -34,8 +34,9 @@ Method (every step is deterministic; ties are broken alphabetically):
    lexicographer file is one of :data:`VISUAL_NOUN_LEXNAMES` (animals, artifacts, body, food, objects,
    plants, substances, phenomena, shapes, people, locations) or it is a hyponym of one of
    :data:`VISUAL_NOUN_ROOTS` (colours, sports, dances, ceremonies, seasons, times of day, crowds, vegetation,
-   fire, signs, charts, traffic lights, letters, logos ...). An adjective sense is visual when its cluster head is an attribute in :data:`VISUAL_ATTRIBUTES`
-   (colour, size, shape, texture, brightness, age ...) or its gloss says what a thing is made of
+   fire, signs, charts, traffic lights, letters, logos ...). An adjective sense is visual when its cluster
+   head is an attribute in :data:`VISUAL_ATTRIBUTES` (colour, size, shape, texture, brightness, age ...) or
+   its gloss says what a thing is made of
    (``wooden``, ``woolen``). Senses that WordNet marks as ethnic slurs, obscenities or disparagements never
    count as visual; words for which they carry at least half of the noun/adjective sense weight are dropped.
 4. Bigrams: two-word common-noun lemmas of WordNet ("ice cream") that pass the same filter, contain no
