@@ -482,12 +482,8 @@ _WORKER_DECODER: _Decoder | None = None
 
 def _worker_init(decoder: _Decoder):
     global _WORKER_DECODER
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except Exception:
-        pass
+    if "torch" in sys.modules:  # the preprocess transform is torch's: one thread per worker process
+        sys.modules["torch"].set_num_threads(1)
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = max(decoder.max_pixels, 1)
@@ -907,14 +903,18 @@ def ingest(
                  "ok": summary.ok, "error": summary.errors})
     final["sources"] = hist[-50:]
     store.write_metadata(final)
+    removed = store.dedupe(postings=store.lock_path is None)
+    if removed:
+        summary.duplicates += removed
+        summary.notes.append(f"removed {removed} duplicate rows left by a concurrent writer")
     try:
-        _compact(store)
-        if build_indexes:
-            store.ensure_indexes()
-    except LanceConceptsError:
-        raise
+        with store.write_lock():
+            _compact(store)
+            if build_indexes:
+                store.ensure_indexes()
     except Exception as exc:  # indexes and compaction are optimisations: report, do not fail the run
-        summary.notes.append(f"index/compaction step failed ({exc}); the data is complete")
+        summary.notes.append(f"index/compaction step skipped ({str(exc)[:200]}); the data is complete, "
+                             "the next run retries it")
     summary.seconds = time.perf_counter() - t_start
     summary.rows_in_table = store.count()
     return summary
