@@ -344,8 +344,10 @@ class FalconExplainer:
     # -- passes over R -----------------------------------------------------------------------------
     # Rows are never divided by their norms in full: normalisation is folded into the comparisons
     # (``R_ij >= thr * |R_i|``) and into the small matrices multiplied with the chunks.
-    def _blocks(self, R):
+    def _blocks(self, R, width: int = 0):
         cs = int(self.chunk_size)
+        if width:  # keep (rows x width) intermediates under ~32M entries
+            cs = max(64, min(cs, (1 << 25) // max(int(width), 1)))
         for s in range(0, R.shape[0], cs):
             yield s, np.asarray(R[s:s + cs], dtype=np.float32)
 
@@ -440,7 +442,7 @@ class FalconExplainer:
         best_g = np.zeros(0, np.int64)
         best_v = np.zeros(0, np.float32)
         best_r = np.zeros(0, np.int64)
-        for s, block in self._blocks(R):
+        for s, block in self._blocks(R, width=G * max(L, 2)):
             b = block.shape[0]
             sims = block @ Vt                                     # (rows, G), un-normalised
             sims *= inv[s:s + b, None]
@@ -497,7 +499,7 @@ class FalconExplainer:
             pdoc = _topk_scores(score_rows, int(self.top_k))
         else:
             pdoc = _topk_softmax(embeddings, corpus.embeddings, float(self.temperature), int(self.top_k),
-                                 chunk=int(self.chunk_size))
+                                 chunk=min(int(self.chunk_size), 1024))
         return (pdoc @ corpus.doc_terms).tocsr()
 
     def _select(self, h: np.ndarray, lo: np.ndarray | None, n_words: np.ndarray, terms: list[str]):
@@ -1287,7 +1289,8 @@ def _load_concepts(store, meta, vocabulary, get_encoder, need_embeddings: bool):
         ct = store.conn.open_table(store.concepts_name).to_lance().to_table(columns=["concept_id", "concept",
                                                                                    "embedding"])
         order = np.argsort(ct.column("concept_id").to_numpy())
-        concepts = [ct.column("concept").to_pylist()[i] for i in order]
+        names = ct.column("concept").to_pylist()
+        concepts = [names[i] for i in order]
         emb = None
         if need_embeddings:
             _, emb = _vectors(ct.column("embedding"), "concepts.embedding")
