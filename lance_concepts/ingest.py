@@ -490,6 +490,10 @@ def _worker_init(decoder: _Decoder):
     _WORKER_DECODER = decoder
 
 
+def _noop():
+    return None
+
+
 def _worker_run(tasks):
     return _WORKER_DECODER(tasks)
 
@@ -733,6 +737,7 @@ def ingest(
     max_pixels: int | None = None,
     draft: bool = False,
     worker_type: str = "process",
+    start_method: str | None = None,
     build_indexes: bool = True,
     progress_file=None,
 ) -> IngestSummary:
@@ -748,7 +753,8 @@ def ingest(
     vocab : vocabulary spec (``"default"``, ``"demo"``, a file, a Vocabulary) or ``None`` for embeddings only.
     l1 : SpLiCE l1 penalty. ``prompt_template`` optionally wraps concepts (``"a photo of {}"``).
     batch_size : images per encoder batch and per commit. ``workers``: decode processes (default:
-        CPU count - 1, at least 1; 0 decodes inline). ``worker_type``: "process" or "thread".
+        CPU count - 1, at least 1; 0 decodes inline). ``worker_type``: "process" or "thread";
+        ``start_method`` of the processes (default fork on Linux, spawn elsewhere).
     limit : only the first ``limit`` source rows. ``id_column``: manifest column with stable ids
         (default ``id`` when present, else the SHA-256 of the file content).
     image_mean : SpLiCE image mean: None (the table's recorded mean, else estimated from the first
@@ -839,15 +845,15 @@ def ingest(
     ids = src.table.column("id").to_pylist()[:n_total] if src.id_column else [None] * n_total
     for i, (u, ident) in enumerate(zip(uris, ids)):
         if src.id_column:
-            ident = None if ident is None or str(ident).strip() == "" else str(ident)
-            if ident is not None:
-                if already(have_ids.get(ident)):
-                    summary.skipped += 1
-                    continue
-                if ident in seen_ids:
-                    summary.duplicates += 1
-                    continue
-                seen_ids.add(ident)
+            # an empty id falls back to one derived from the uri (stable across runs)
+            ident = _uri_id(str(u)) if ident is None or str(ident).strip() == "" else str(ident)
+            if already(have_ids.get(ident)):
+                summary.skipped += 1
+                continue
+            if ident in seen_ids:
+                summary.duplicates += 1
+                continue
+            seen_ids.add(ident)
         elif already(have_uris.get(u)):
             summary.skipped += 1
             continue
@@ -889,6 +895,7 @@ def ingest(
             bar = tqdm(total=len(items), unit="img", desc="ingest", dynamic_ncols=True, smoothing=0.1,
                        file=progress_file or sys.stderr, mininterval=0.5)
         pipeline.bar = bar
+        pipeline.start_method = start_method
         pipeline.run(items, decoder, n_workers, worker_type)
     finally:
         Image.MAX_IMAGE_PIXELS = old_limit
@@ -918,6 +925,13 @@ def ingest(
     summary.seconds = time.perf_counter() - t_start
     summary.rows_in_table = store.count()
     return summary
+
+
+def _default_start_method() -> str:
+    """fork on Linux: workers start in milliseconds and a script calling ingest() needs no
+    ``if __name__ == "__main__"`` guard (spawn and forkserver re-import the main module). Workers set
+    torch to one thread, the pattern of torch's own DataLoader. spawn elsewhere."""
+    return "fork" if sys.platform.startswith("linux") else "spawn"
 
 
 def _default_workers() -> int:
@@ -951,6 +965,7 @@ class _Pipeline:
         self.summary = summary
         self.retry_errors = retry_errors
         self.bar = None
+        self.start_method = None
         self.concepts: _Concepts | None = None
         self._held: list = []  # encoded batches waiting for the image mean
         self._held_n = 0
@@ -1007,7 +1022,7 @@ class _Pipeline:
                         results = fut.result()
                     except Exception as exc:  # a worker died (e.g. a crash inside a decoder library)
                         pool = self._recover(pool, decoder, n_workers, worker_type, exc)
-                        results = self._retry_singly(pool, decoder, tasks, worker_type)
+                        results, pool = self._retry_singly(pool, decoder, tasks, worker_type, n_workers)
                         pending = collections.deque(
                             (c, t, pool.submit(_worker_run if worker_type == "process" else decoder, t))
                             for c, t, _ in pending)
@@ -1040,9 +1055,14 @@ class _Pipeline:
     def _make_pool(self, decoder, n_workers, worker_type):
         if worker_type == "thread":
             return cf.ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="lance-concepts-decode")
-        ctx = mp.get_context("spawn")
-        return cf.ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_worker_init,
-                                      initargs=(decoder,))
+        method = self.start_method or _default_start_method()
+        pool = cf.ProcessPoolExecutor(max_workers=n_workers, mp_context=mp.get_context(method),
+                                      initializer=_worker_init, initargs=(decoder,))
+        with warnings.catch_warnings():
+            # pylance warns on every fork; the workers only decode images and never touch lance
+            warnings.filterwarnings("ignore", message="lance is not fork-safe")
+            pool.submit(_noop).result()  # start the workers now, inside this filter
+        return pool
 
     def _recover(self, pool, decoder, n_workers, worker_type, exc):
         try:
@@ -1051,16 +1071,18 @@ class _Pipeline:
             pass
         return self._make_pool(decoder, n_workers, worker_type)
 
-    def _retry_singly(self, pool, decoder, tasks, worker_type):
+    def _retry_singly(self, pool, decoder, tasks, worker_type, n_workers):
+        """Re-run a chunk whose worker died one image at a time: only the culprit becomes an error row."""
         out = []
         for t in tasks:
             fn = _worker_run if worker_type == "process" else decoder
             try:
                 out.extend(pool.submit(fn, [t]).result())
             except Exception as exc:
-                out.append((t[0], None, None, f"decoder crashed on this image ({type(exc).__name__})"))
-                pool = self._recover(pool, decoder, 1, worker_type, exc)
-        return out
+                out.append((t[0], None, None, f"decoder crashed on this image ({type(exc).__name__}: the "
+                                              "worker process died while decoding it)"))
+                pool = self._recover(pool, decoder, n_workers, worker_type, exc)
+        return out, pool
 
     # ---------------------------------------------------------------- encode side
     def _encode_and_send(self, ok_items, xs, errs):
@@ -1239,6 +1261,11 @@ def _concepts_table_matches(store: ImageStore, digest: str) -> bool:
         return False
     t = store.conn.open_table(store.concepts_name)
     return _decode_metadata(t.schema).get("vocabulary_digest") == digest and t.count_rows() > 0
+
+
+def _uri_id(uri: str) -> str:
+    """Id of a manifest row whose id cell is empty."""
+    return "uri-" + hashlib.sha256(uri.encode("utf-8", "surrogatepass")).hexdigest()[:28]
 
 
 def _error_id(uri: str) -> str:

@@ -71,3 +71,32 @@ class FakeEncoder:
                 v = np.random.default_rng(h).standard_normal(self.embed_dim).astype(np.float32)
             out.append(v)
         return np.stack(out).astype(np.float32)
+
+
+class SlowFakeEncoder(FakeEncoder):
+    """The same model (same fingerprint) but slow, so that a kill lands in the middle of a run."""
+
+    def __init__(self, delay: float = 0.05, **kw):
+        super().__init__(**kw)
+        self.delay = delay
+
+    def encode_images(self, x):
+        import time
+
+        time.sleep(self.delay)
+        return super().encode_images(x)
+
+
+def crashing_preprocess(im):
+    """Kills its (worker) process on 13x13 images: stands in for a crash inside a decoder library."""
+    import os
+
+    if im.size == (13, 13):
+        os._exit(3)
+    return fake_preprocess(im)
+
+
+class CrashingEncoder(FakeEncoder):
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.preprocess = crashing_preprocess
