@@ -47,6 +47,7 @@ from .errors import InputError, LanceConceptsError
 
 __all__ = [
     "search",
+    "Searcher",
     "index",
     "edit",
     "index_params",
@@ -709,34 +710,41 @@ def build_scalar_indexes(tbl, columns: Iterable[str], kinds: Mapping[str, str] |
     return made
 
 
+def _dataset(tbl):
+    """The Lance dataset behind a LanceDB table (queried directly: ~2 ms less per query than LanceDB's
+    asynchronous query path, measured)."""
+    return tbl.to_lance() if hasattr(tbl, "to_lance") else tbl
+
+
 def _vector_query(tbl, vector, *, k: int, where: str | None, params: Mapping, prefilter: bool = True,
                   vector_column: str = "embedding", select: Sequence[str] | None = None):
-    """The LanceDB query for one vector: cosine distance, the index's query parameters, a prefilter.
+    """One cosine-distance vector query with the index's query parameters; returns an Arrow table
+    with a ``_distance`` column.
 
-    With a filter, the IVF stage may probe further partitions (``maximum_nprobes=0``) until ``k`` rows
-    that pass it are found: a selective filter loses nothing to the partitions it did not probe.
+    With a filter (a prefilter by default) the IVF stage may probe further partitions, beyond
+    ``nprobes``, until ``k`` rows that pass it are found: a selective filter loses nothing to the
+    partitions it did not probe.
     """
     import numpy as np
 
-    qb = tbl.search(np.asarray(vector, dtype=np.float32), vector_column_name=vector_column).distance_type("cosine")
+    ds = _dataset(tbl)
+    nearest = {"column": vector_column, "q": np.asarray(vector, dtype=np.float32), "k": int(k), "metric": "cosine"}
     if params.get("index_type") is None:
-        qb = qb.bypass_vector_index()
+        nearest["use_index"] = False
     else:
         if params.get("nprobes"):
-            qb = qb.minimum_nprobes(int(params["nprobes"]))
-            qb = qb.maximum_nprobes(0 if where else int(params["nprobes"]))
-        elif where:
-            qb = qb.maximum_nprobes(0)
+            nearest["minimum_nprobes"] = int(params["nprobes"])
+            if not where:
+                nearest["maximum_nprobes"] = int(params["nprobes"])
         if params.get("refine_factor"):
-            qb = qb.refine_factor(int(params["refine_factor"]))
+            nearest["refine_factor"] = int(params["refine_factor"])
         if params.get("ef"):
-            qb = qb.ef(int(params["ef"]))
-    if where:
-        qb = qb.where(where, prefilter=prefilter)
+            nearest["ef"] = int(params["ef"])
+    columns = None
     if select is not None:
-        select = list(select)
-        qb = qb.select(select + ([] if "_distance" in select else ["_distance"]))
-    return qb.limit(int(k))
+        columns = list(dict.fromkeys([c for c in select if c != "_distance"] + ["_distance"]))
+    return ds.to_table(columns=columns, nearest=nearest, filter=where or None, prefilter=bool(prefilter and where),
+                       disable_scoring_autoprojection=columns is not None)
 
 
 # =====================================================================================================
@@ -767,7 +775,10 @@ class _Table:
     # -- schema and metadata --------------------------------------------------------------------
     @property
     def schema(self):
-        return self.tbl.schema
+        # a snapshot: LanceDB fetches the schema through its event loop on every access (~0.3 ms)
+        if not hasattr(self, "_schema"):
+            self._schema = self.tbl.schema
+        return self._schema
 
     @property
     def meta(self) -> dict:
@@ -780,7 +791,7 @@ class _Table:
     def schema_json(self, key: str) -> dict | list | None:
         import json
 
-        raw = (self.tbl.schema.metadata or {}).get(key.encode())
+        raw = (self.schema.metadata or {}).get(key.encode())
         try:
             return json.loads(raw) if raw else None
         except ValueError:
@@ -904,7 +915,9 @@ class _Table:
 
     # -- index ----------------------------------------------------------------------------------
     def vector_index(self, column: str):
-        for ix in self.tbl.list_indices():
+        if not hasattr(self, "_indices"):
+            self._indices = list(self.tbl.list_indices())
+        for ix in self._indices:
             if list(ix.columns) == [column] and str(ix.index_type).upper().replace("_", "").startswith("IVF"):
                 return ix
         return None
@@ -1071,6 +1084,204 @@ def concept_lists(ids_col, weights_col, names: Sequence[str] | None, top: int | 
     return pa.array(out, _concept_struct_type())
 
 
+# --- the query plan ----------------------------------------------------------------------------------
+EXACT_MAX_ROWS = 1024  # filters that leave at most this many candidate rows are answered by exact search
+MAX_OVERFETCH = 1000  # largest candidate list a post-filtered ANN query may ask for
+
+
+def relax_where(where: str | None, schema, concept_id: Callable[[str], int] | None = None, *,
+                concept_ids_column: str = "concept_ids", concept_weights_column: str = "concept_weights") -> str | None:
+    """A superset of ``where`` that LanceDB answers from its scalar indexes alone (``None`` = all rows).
+
+    Concept thresholds become presence tests (the LABEL_LIST index), conditions an absent concept
+    satisfies and negations drop out; column conditions stay. Used to bound the number of rows a
+    filter can match before paying for the exact weight checks.
+    """
+    if where is None or not str(where).strip():
+        return None
+    comp = _Compiler(schema, concept_id, concept_ids_column, concept_weights_column)
+    return _relax(parse_where(str(where)), comp)
+
+
+def _relax(node, comp: _Compiler) -> str | None:
+    import numpy as np
+
+    if isinstance(node, BoolOp):
+        parts = [_relax(p, comp) for p in node.parts]
+        if node.op == "AND":
+            parts = [p for p in parts if p is not None]
+            return None if not parts else "(" + " AND ".join(parts) + ")"
+        return None if any(p is None for p in parts) else "(" + " OR ".join(parts) + ")"
+    if isinstance(node, Not):
+        return None
+    if isinstance(node, Truthy) and isinstance(node.operand, Concept):
+        return comp.has(comp.concept_ref(node.operand))
+    if isinstance(node, Compare) and isinstance(node.left, Concept):
+        comp.compile(node)  # validates
+        v32 = float(np.float32(node.right.value))
+        zero_ok = {"=": 0 == v32, "!=": 0 != v32, "<": 0 < v32, "<=": 0 <= v32, ">": 0 > v32, ">=": 0 >= v32}[node.op]
+        return None if zero_ok else comp.has(comp.concept_ref(node.left))
+    if isinstance(node, Between) and isinstance(node.operand, Concept):
+        comp.compile(node)
+        lo, hi = float(np.float32(node.low.value)), float(np.float32(node.high.value))
+        zero_ok = (lo <= 0 <= hi) != node.negated
+        return None if zero_ok else comp.has(comp.concept_ref(node.operand))
+    return comp.compile(node)
+
+
+class Searcher:
+    """Retrieval over one images table, kept open between queries (the Python API for many queries).
+
+    A Searcher works on the table as it was when opened (schema, indexes, vocabulary); open a new one
+    after writing to the table.
+
+    ``Searcher(db).search("a dog on the beach", where="concept('sand') > 0.1", k=20)``; the module
+    function :func:`search` opens one per call. Query plan for a filter (see BENCHMARKS.md,
+    "Retrieval index"):
+
+    1. Count the rows the filter's *index-answerable relaxation* allows (``concept('sand') > 0.1``
+       relaxes to "carries sand"; sub-millisecond from the LABEL_LIST / BITMAP indexes). None: the
+       result is empty.
+    2. At most :data:`EXACT_MAX_ROWS` candidates: evaluate the exact filter on them and rank the
+       survivors by exact cosine similarity (no ANN approximation, nothing lost).
+    3. A filter the indexes answer exactly (no weight thresholds): ANN with the filter as a LanceDB
+       prefilter, probing further partitions until ``k`` rows are found.
+    4. Weight thresholds over many candidates: ANN with the filter applied to an over-fetched
+       candidate list (sized from the candidate share); if fewer than ``k`` rows pass, the exact filter
+       is evaluated (exact search when few rows pass, else ANN with a full prefilter). Every path
+       returns ``k`` rows whenever ``k`` rows pass the filter.
+    """
+
+    def __init__(self, db, table: str = "images", *, storage_options=None, encoder=None):
+        self.t = _Table(db, table, storage_options)
+        self.db = db
+        self.table = table
+        self._encoder = encoder
+        self._resolver = None
+        self._rows = None
+        self._params: dict = {}
+        self.ds = _dataset(self.t.tbl)
+
+    @property
+    def resolver(self):
+        if self._resolver is None and self.t.concept_names is not None:
+            self._resolver = self.t.resolver()
+        return self._resolver
+
+    def compile(self, where: str | None) -> tuple[str | None, str | None]:
+        """(exact filter, index-only relaxation) for a ``where`` condition."""
+        flt = compile_where(where, self.t.schema, self.resolver)
+        if flt is None:
+            return None, None
+        return flt, relax_where(where, self.t.schema, self.resolver)
+
+    def _exact(self, vec, k, flt, select, vector_column):
+        """Exact cosine ranking of the rows that pass ``flt`` (few, by construction)."""
+        import numpy as np
+        import pyarrow as pa
+
+        cols = list(dict.fromkeys(select + [vector_column]))
+        rows = self.ds.to_table(columns=cols, filter=flt)
+        vecs = rows.column(vector_column)
+        valid = np.asarray(vecs.is_valid().to_numpy(zero_copy_only=False)) if rows.num_rows else np.zeros(0, bool)
+        rows = rows.filter(pa.array(valid)) if not valid.all() else rows
+        if rows.num_rows == 0:
+            return rows.append_column("_distance", pa.array([], pa.float32())).drop_columns([vector_column])
+        X = rows.column(vector_column).combine_chunks().values.to_numpy(zero_copy_only=False).reshape(rows.num_rows, -1)
+        X = X.astype(np.float64)
+        q = np.asarray(vec, np.float64)
+        cos = (X @ q) / np.maximum(np.linalg.norm(X, axis=1) * np.linalg.norm(q), 1e-30)
+        order = np.argsort(-cos, kind="stable")[:k]
+        out = rows.take(pa.array(order)).drop_columns([vector_column])
+        return out.append_column("_distance", pa.array((1.0 - cos[order]).astype(np.float32)))
+
+    def _ann(self, vec, k, flt, params, select, vector_column, prefilter=True):
+        return _vector_query(self.ds, vec, k=k, where=flt, params=params, prefilter=prefilter,
+                             vector_column=vector_column, select=select)
+
+    def _n_rows(self) -> int:
+        if self._rows is None:
+            self._rows = int(self.ds.count_rows())
+        return self._rows
+
+    def plan_and_run(self, vec, k, flt, relaxed, params, select, vector_column) -> tuple:
+        """Run one query; returns (arrow table with _distance, description of the plan taken)."""
+        if flt is None:
+            return self._ann(vec, k, None, params, select, vector_column), "ann" if params.get("index_type") else "flat"
+        if params.get("index_type") is None:  # exact=True, or no vector index: a flat scan is exact anyway
+            return self._ann(vec, k, flt, params, select, vector_column), "flat with prefilter"
+        bound = int(self.ds.count_rows(filter=relaxed)) if relaxed else self._n_rows()
+        if bound == 0:
+            return self._exact(vec, k, relaxed, select, vector_column), "empty (no row can match)"
+        if bound <= EXACT_MAX_ROWS:
+            return self._exact(vec, k, flt, select, vector_column), f"exact over <= {bound} candidates"
+        if relaxed == flt:
+            return self._ann(vec, k, flt, params, select, vector_column), f"ann with index prefilter ({bound} rows)"
+        want = int(math.ceil(4 * k * self._n_rows() / bound)) + k
+        if want <= MAX_OVERFETCH:
+            res = self._ann(vec, want, flt, params, select, vector_column, prefilter=False)
+            if res.num_rows >= k:
+                return res.slice(0, k), f"ann top {want}, then filter ({bound} candidates)"
+        few = self.ds.to_table(columns=[], with_row_id=True, filter=flt, limit=EXACT_MAX_ROWS + 1)
+        if few.num_rows <= EXACT_MAX_ROWS:
+            return self._exact(vec, k, flt, select, vector_column), f"exact over {few.num_rows} matching rows"
+        return self._ann(vec, k, flt, params, select, vector_column), f"ann with full prefilter ({bound} candidates)"
+
+    def search(self, query: str | None = None, *, image=None, vector=None, where: str | None = None, k: int = 10,
+               without: Sequence = (), with_: Sequence = (), with_weight: float | None = None,
+               vector_column: str = "embedding", columns: Sequence[str] | None = None, concepts: int = 10,
+               nprobes: int | None = None, refine_factor: int | None = None, ef: int | None = None,
+               exact: bool = False):
+        """See :func:`search`."""
+        import json
+
+        import pyarrow as pa
+
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise InputError(f"k must be a positive integer, got {k!r}")
+        t = self.t
+        dim = t.vector_dim(vector_column)
+        flt, relaxed = self.compile(where)
+        vec, info = query_vector(self.db, query, image=image, vector=vector, without=without, with_=with_,
+                                 with_weight=with_weight, table=self.table, encoder=self._encoder, _t=t)
+        if vec.shape[0] != dim:
+            raise InputError(f"the query vector has {vec.shape[0]} dimensions, column {vector_column!r} {dim}")
+        visible = _visible_columns(t.schema, vector_column)
+        if columns is not None:
+            unknown = [c for c in columns if c not in t.schema.names]
+            if unknown:
+                raise InputError(f"unknown column(s) {unknown}; columns: {', '.join(t.schema.names)}")
+            visible = [c for c in ("id", "uri") if c in t.schema.names and c not in columns] + list(columns)
+        want_concepts = bool(concepts) and "concept_ids" in t.schema.names and "concept_weights" in t.schema.names
+        select = list(dict.fromkeys(visible + (["concept_ids", "concept_weights"] if want_concepts else [])))
+        key = (vector_column, nprobes, refine_factor, ef, exact)
+        if key not in self._params:
+            self._params[key] = query_params(t, vector_column, nprobes=nprobes, refine_factor=refine_factor, ef=ef,
+                                             exact=exact)
+        params = dict(self._params[key])
+        res, plan = self.plan_and_run(vec, k, flt, relaxed, params, select, vector_column)
+        dist = res.column("_distance")
+        if dist.null_count:  # rows without a vector are never results
+            res = res.filter(pa.compute.is_valid(dist))
+            dist = res.column("_distance")
+        score = pa.compute.subtract(pa.scalar(1.0, pa.float32()), dist.cast(pa.float32()))
+        cols, names = [], []
+        for c in ("id", "uri"):
+            if c in res.column_names:
+                cols.append(res.column(c)); names.append(c)
+        cols.append(score); names.append("score")
+        if want_concepts:
+            cols.append(concept_lists(res.column("concept_ids"), res.column("concept_weights"), t.concept_names,
+                                      top=int(concepts)))
+            names.append("concepts")
+        for c in visible:
+            if c not in names and c in res.column_names:
+                cols.append(res.column(c)); names.append(c)
+        out = pa.Table.from_arrays(cols, names=names)
+        meta = {"filter": flt, "plan": plan, "k": k, "vector_column": vector_column, "params": params, **info}
+        return out.replace_schema_metadata({b"query": json.dumps(meta, default=str).encode()})
+
+
 def search(db, query: str | None = None, *, image=None, vector=None, where: str | None = None, k: int = 10,
            without: Sequence = (), with_: Sequence = (), with_weight: float | None = None,
            table: str = "images", vector_column: str = "embedding", columns: Sequence[str] | None = None,
@@ -1083,8 +1294,8 @@ def search(db, query: str | None = None, *, image=None, vector=None, where: str 
     query / image / vector : exactly one: text (encoded with the table's CLIP text tower), an image
         path (image tower), or a raw embedding.
     where : a condition in the filter language of :func:`parse_where`, e.g.
-        ``"concept('sand') > 0.1 AND label = 'dog'"``; applied as a prefilter, so ``k`` rows come back
-        whenever ``k`` rows pass it (and all of them when fewer do; none is an empty table).
+        ``"concept('sand') > 0.1 AND label = 'dog'"``. ``k`` rows come back whenever ``k`` rows pass
+        it, all of them when fewer do, none (an empty table) when none does.
     without / with_ : concept names to remove from / add to the query (SpLiCE concept arithmetic);
         ``with_weight`` is the weight an added concept gets (default: the query's largest weight).
     vector_column : search another vector column (e.g. one written by :func:`edit`).
@@ -1094,51 +1305,13 @@ def search(db, query: str | None = None, *, image=None, vector=None, where: str 
 
     Returns a ``pyarrow.Table`` (``.to_pandas()`` for pandas): ``id``, ``uri``, ``score`` (cosine
     similarity), ``concepts`` (list of {concept, weight}), then the metadata columns, best first.
-    ``result.schema.metadata[b"query"]`` holds the compiled filter and the concept arithmetic as JSON.
+    ``result.schema.metadata[b"query"]`` holds the compiled filter, the plan taken and the concept
+    arithmetic as JSON. For many queries keep a :class:`Searcher` open instead.
     """
-    import json
-
-    import pyarrow as pa
-
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise InputError(f"k must be a positive integer, got {k!r}")
-    t = _Table(db, table, storage_options)
-    dim = t.vector_dim(vector_column)
-    flt = compile_where(where, t.schema, t.resolver())
-    vec, info = query_vector(db, query, image=image, vector=vector, without=without, with_=with_,
-                             with_weight=with_weight, table=table, encoder=encoder, _t=t)
-    if vec.shape[0] != dim:
-        raise InputError(f"the query vector has {vec.shape[0]} dimensions, column {vector_column!r} {dim}")
-    visible = _visible_columns(t.schema, vector_column)
-    if columns is not None:
-        unknown = [c for c in columns if c not in t.schema.names]
-        if unknown:
-            raise InputError(f"unknown column(s) {unknown}; columns: {', '.join(t.schema.names)}")
-        visible = [c for c in ("id", "uri") if c in t.schema.names and c not in columns] + list(columns)
-    want_concepts = concepts and "concept_ids" in t.schema.names and "concept_weights" in t.schema.names
-    select = list(dict.fromkeys(visible + (["concept_ids", "concept_weights"] if want_concepts else [])))
-    # rows without an embedding (decode errors) are never results
-    null_guard = f"{quote_identifier(vector_column)} IS NOT NULL"
-    params = query_params(t, vector_column, nprobes=nprobes, refine_factor=refine_factor, ef=ef, exact=exact)
-    full_filter = f"({flt}) AND {null_guard}" if flt else None
-    res = _vector_query(t.tbl, vec, k=k, where=full_filter, params=params, vector_column=vector_column,
-                        select=select).to_arrow()
-    score = pa.compute.subtract(pa.scalar(1.0, pa.float32()), res.column("_distance").cast(pa.float32()))
-    cols, names = [], []
-    for c in ("id", "uri"):
-        if c in res.column_names:
-            cols.append(res.column(c)); names.append(c)
-    cols.append(score); names.append("score")
-    if want_concepts:
-        cols.append(concept_lists(res.column("concept_ids"), res.column("concept_weights"), t.concept_names,
-                                  top=int(concepts)))
-        names.append("concepts")
-    for c in visible:
-        if c not in names and c in res.column_names:
-            cols.append(res.column(c)); names.append(c)
-    out = pa.Table.from_arrays(cols, names=names)
-    meta = {"filter": flt, "k": k, "vector_column": vector_column, "params": params, **info}
-    return out.replace_schema_metadata({b"query": json.dumps(meta, default=str).encode()})
+    return Searcher(db, table, storage_options=storage_options, encoder=encoder).search(
+        query, image=image, vector=vector, where=where, k=k, without=without, with_=with_, with_weight=with_weight,
+        vector_column=vector_column, columns=columns, concepts=concepts, nprobes=nprobes,
+        refine_factor=refine_factor, ef=ef, exact=exact)
 
 
 def to_records(result) -> list[dict]:

@@ -413,3 +413,53 @@ def test_index_params_scale_with_the_table():
         index_params(10, 4, "LSH")
     with pytest.raises(InputError, match="at least 256"):
         index_params(100, 4, "IVF_PQ")
+
+
+def test_ann_prefilter_probes_until_every_match_is_found(big_db):
+    """The ANN path alone (no exact shortcut): a 3-row filter on an IVF_PQ index returns all 3 rows."""
+    import lancedb
+
+    from lance_concepts.search import Searcher, _vector_query, query_params
+
+    path, truth = big_db
+    s = Searcher(path)
+    params = query_params(s.t, "embedding")
+    assert params["index_type"] == "IVF_PQ" and params["nprobes"] < params["num_partitions"]
+    sql = s.compile("concept('dog') > 0")[0]
+    rare = {f"img{i:04d}" for i in truth["rare_rows"]}
+    tbl = lancedb.connect(path).open_table("images")
+    rng = np.random.default_rng(9)
+    for _ in range(5):
+        q = rng.normal(size=D).astype(np.float32)
+        res = _vector_query(tbl, q, k=10, where=sql, params=params, select=["id"])
+        assert set(res["id"].to_pylist()) == rare
+
+
+@pytest.mark.parametrize("exact_max, overfetch, cond, plan", [
+    (1024, 1000, "concept('dog') > 0", "exact over"),
+    (0, 1000, "concept('dog') > 0", "ann with index prefilter"),
+    (0, 1000, "concept('sand') >= 0.1", "ann top"),
+    (100, 10, "concept('sand') >= 0.5 AND concept('snow') >= 0.5", "exact over"),
+    (0, 10, "concept('sand') >= 0.1", "ann with full prefilter"),
+    (1024, 1000, "concept('sky') > 0", "empty"),
+    (1024, 1000, None, "ann"),
+])
+def test_every_query_plan_returns_k_rows_that_pass(big_db, monkeypatch, exact_max, overfetch, cond, plan):
+    from lance_concepts import search as S
+
+    path, truth = big_db
+    monkeypatch.setattr(S, "EXACT_MAX_ROWS", exact_max)
+    monkeypatch.setattr(S, "MAX_OVERFETCH", overfetch)
+    mask = _mask(truth, cond) if cond else np.array([r["embedding"] is not None for r in truth["table"].to_pylist()])
+    rng = np.random.default_rng(11)
+    for _ in range(3):
+        q = rng.normal(size=D).astype(np.float32)
+        res = S.search(path, vector=q, where=cond, k=10)
+        assert json.loads(res.schema.metadata[b"query"])["plan"].startswith(plan)
+        assert res.num_rows == min(10, int(mask.sum()))
+        assert all(mask[int(i[3:])] for i in res["id"].to_pylist())
+        scores = res["score"].to_numpy()
+        assert (np.diff(scores) <= 1e-6).all()
+        if plan.startswith("exact") or plan == "empty":
+            ids, _ = exact(truth, q, mask, 10)
+            assert res["id"].to_pylist() == ids
