@@ -354,7 +354,8 @@ def decode_image(data: bytes, *, max_pixels: int | None = None, draft: int | Non
 
     Raises :class:`ImageDecodeError` with a one-line reason for anything unusable. ``max_pixels``
     is the decompression-bomb limit (``Image.MAX_IMAGE_PIXELS`` must already allow it);
-    ``draft`` lets JPEGs decode at a reduced DCT scale whose shorter side stays >= ``draft``.
+    ``draft`` lets large images decode at reduced resolution (JPEG DCT scaling, then an integer box
+    reduction) as long as the shorter side stays >= ``draft``.
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -369,7 +370,7 @@ def decode_image(data: bytes, *, max_pixels: int | None = None, draft: int | Non
             if limit and w * h > limit:
                 raise Image.DecompressionBombError(f"Image size ({w * h} pixels) exceeds limit of {limit} pixels")
             if draft and getattr(im, "format", None) == "JPEG" and min(w, h) >= 2 * draft:
-                im.draft("RGB", (draft, draft))
+                im.draft("RGB", (draft, draft))  # DCT-domain downscale, shorter side kept >= draft
             im.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageDecodeError(
@@ -391,9 +392,12 @@ def decode_image(data: bytes, *, max_pixels: int | None = None, draft: int | Non
     except Exception:  # a broken EXIF block: keep the pixels as stored
         pass
     try:
-        return to_rgb(im)
+        im = to_rgb(im)
     except Exception as exc:
         raise ImageDecodeError(f"cannot convert {im.mode} image to RGB: {exc}") from None
+    if draft and min(im.size) >= 2 * draft:
+        im = im.reduce(min(im.size) // draft)  # integer box reduction, shorter side kept >= draft
+    return im
 
 
 def struct_error():
@@ -738,7 +742,7 @@ def ingest(
     draft: bool = False,
     worker_type: str = "process",
     start_method: str | None = None,
-    build_indexes: bool = True,
+    index_min_rows: int = 10_000,
     progress_file=None,
 ) -> IngestSummary:
     """Ingest ``source`` into table ``table`` of the LanceDB database ``db``; returns an :class:`IngestSummary`.
@@ -763,8 +767,12 @@ def ingest(
     new_concept_version : if the table was decomposed with another vocabulary / l1 / template, first
         recompute its concept columns with this run's settings (see :func:`decompose_table`).
     max_pixels : decompression-bomb limit (default Pillow's, about 89.5 megapixels).
-    draft : let JPEGs decode at reduced DCT scale (shorter side kept >= 2x the model input); faster
-        on large photos, embeddings differ slightly from full decoding.
+    draft : let large images decode at reduced resolution (JPEG DCT scaling / box reduction, shorter side
+        kept >= 2x the model input) before the model's own resize; faster on large photos, embeddings
+        differ slightly from full decoding.
+    index_min_rows : build / refresh the scalar indexes (LABEL_LIST on concept_ids, BTREE on id,
+        BITMAP on the postings' concept_id) once the table has this many rows (None: never; small
+        tables are scanned faster than indexed). ``lance-concepts index`` builds them on demand.
     """
     t_start = time.perf_counter()
     if batch_size is None or int(batch_size) < 1:
@@ -917,7 +925,7 @@ def ingest(
     try:
         with store.write_lock():
             _compact(store)
-            if build_indexes:
+            if index_min_rows is not None and store.count() >= index_min_rows:
                 store.ensure_indexes()
     except Exception as exc:  # indexes and compaction are optimisations: report, do not fail the run
         summary.notes.append(f"index/compaction step skipped ({str(exc)[:200]}); the data is complete, "

@@ -317,7 +317,7 @@ except ImportError:  # pragma: no cover - Windows: no lock, dedupe only
 
 def _local_lock_path(db_uri: str, table: str) -> str | None:
     """The lock file of a local database, or None for object stores / remote URIs."""
-    if "://" in db_uri and not db_uri.startswith("file://"):
+    if not db_uri or ("://" in db_uri and not db_uri.startswith("file://")):
         return None
     path = db_uri[len("file://"):] if db_uri.startswith("file://") else db_uri
     return os.path.join(os.path.abspath(os.path.expanduser(path)), "_lance_concepts", f"{table}.lock")
@@ -364,7 +364,10 @@ class ImageStore:
     def __init__(self, db, table: str = DEFAULT_TABLE, storage_options: Mapping[str, str] | None = None):
         if not table or any(ch in str(table) for ch in "/\\ "):
             raise InputError(f"invalid table name {table!r}")
-        self.db_uri = db if isinstance(db, str) else os.fspath(db) if isinstance(db, os.PathLike) else str(db)
+        if hasattr(db, "open_table"):  # a LanceDB connection
+            self.db_uri = str(getattr(db, "uri", "") or "")
+        else:
+            self.db_uri = db if isinstance(db, str) else os.fspath(db) if isinstance(db, os.PathLike) else str(db)
         self.storage_options = dict(storage_options or {})
         self.conn = connect(db, storage_options)
         self.name = table
