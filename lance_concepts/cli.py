@@ -374,7 +374,9 @@ def sql_cmd(db, query, file, params, materialize, list_queries, table, fmt, outp
             q = load_query(name)
             ps = ", ".join([f"{p.name}" + ("" if p.required else f"={p.default}") for p in q.params.values()]
                            + [f"{p.name}={p.default} (column)" for p in q.idents.values()])
-            click.echo(f"{name}: {q.doc.splitlines()[0] if q.doc else ''}\n    params: {ps}")
+            first = q.doc.splitlines()[0] if q.doc else ""
+            first = first[len(name) + 1:].strip() if first.startswith(name + ":") else first
+            click.echo(f"{name}: {first}\n    params: {ps}")
         return
     bound = {}
     for p in params:

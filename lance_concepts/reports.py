@@ -49,6 +49,7 @@ from . import sql as _sql
 __all__ = [
     "filter",
     "concept_filter",
+    "plot_filter",
     "drift",
     "spurious",
     "report",
@@ -1067,6 +1068,31 @@ _COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e
            "#bcbd22"]
 
 
+def _line_colours(concepts: Sequence[str]) -> list:
+    """One colour per concept; a concept that names a colour ('red') is drawn in that colour."""
+    from matplotlib import colors as mcolors
+
+    named = {"red": "#d62728", "green": "#2ca02c", "blue": "#1f77b4", "orange": "#ff7f0e", "purple": "#9467bd",
+             "brown": "#8c564b", "pink": "#e377c2", "grey": "#7f7f7f", "gray": "#7f7f7f", "yellow": "#d4b000",
+             "black": "#222222", "white": "#bbbbbb", "olive": "#bcbd22", "cyan": "#17becf"}
+    out, used = [], set()
+    for c in concepts:
+        key = str(c).strip().lower()
+        col = named.get(key) or (mcolors.CSS4_COLORS.get(key) if key in mcolors.CSS4_COLORS else None)
+        if col is not None and col not in used:
+            out.append(col)
+            used.add(col)
+        else:
+            out.append(None)
+    spare = [c for c in _COLORS + ["#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173"] if c not in used]
+    k = 0
+    for i, col in enumerate(out):
+        if col is None:
+            out[i] = spare[k % len(spare)]
+            k += 1
+    return out
+
+
 def _plot_drift(res: DriftResult, path, max_concepts: int = 8):
     plt = _plt()
     t = res.table.to_pydict()
@@ -1076,9 +1102,10 @@ def _plot_drift(res: DriftResult, path, max_concepts: int = 8):
     fig, axes = plt.subplots(3, 1, figsize=(10, 8.5), sharex=True, gridspec_kw={"height_ratios": [3, 2, 1]})
     ax_p, ax_w, ax_j = axes
     alert_concepts = {a["concept"] for a in res.alerts}
+    colours = _line_colours(concepts)
     for k, c in enumerate(concepts):
         idx = [i for i, cc in enumerate(t["concept"]) if cc == c]
-        col = _COLORS[k % len(_COLORS)]
+        col = colours[k]
         p = np.array([t["prevalence"][i] for i in idx])
         lo = np.array([t["prevalence_low"][i] for i in idx])
         hi = np.array([t["prevalence_high"][i] for i in idx])
@@ -1176,6 +1203,41 @@ def _plot_spurious(res: SpuriousResult, path, max_labels: int = 6, per_label: in
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return Path(path)
+
+
+def plot_filter(db, concepts: str | Sequence[str], min_weight: float | Sequence[float], path, *,
+                table: str = "images", bins: int = 50):
+    """Histogram of each concept's weights over the images that have it, with the threshold and the
+    number of images above it: to choose ``--min``."""
+    plt = _plt()
+    names = _as_list(concepts)
+    thr = [float(t) for t in (_as_list(min_weight) if not isinstance(min_weight, (int, float)) else [min_weight])]
+    if len(thr) == 1:
+        thr = thr * len(names)
+    con, owned = _open(db, table=table)
+    try:
+        st = _sql._state(con)
+        n_img = _sql.run_query(con, "SELECT count(*) AS n FROM images WHERE concept_ids IS NOT NULL").column(0)[0].as_py()
+        fig, axes = plt.subplots(len(names), 1, figsize=(8, 2.6 * len(names)), squeeze=False)
+        colours = _line_colours(names)
+        for ax, name, t, col in zip(axes[:, 0], names, thr, colours):
+            st.names.id(name)
+            w = _sql.run_query(con, "SELECT weight FROM concept_images($c, 0.0)", {"c": name}).column(0).to_numpy()
+            ax.hist(w, bins=bins, color=col, alpha=0.85, log=True)
+            ax.axvline(t, color="#222222", ls="--", lw=1.2)
+            above = int((w > t).sum())
+            ax.set_title(f"{name}: {len(w):,} of {n_img:,} images have it; {above:,} above {t:g}", fontsize=10,
+                         loc="left")
+            ax.set_ylabel("images (log)")
+            ax.spines[["top", "right"]].set_visible(False)
+        axes[-1, 0].set_xlabel("concept weight")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        return Path(path)
+    finally:
+        if owned:
+            con.close()
 
 
 # ========================================================================================== report

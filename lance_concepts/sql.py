@@ -280,6 +280,19 @@ def _install_macros(con, st: _ConnState) -> None:
                 "coalesce(r.concept_weights[list_position(r.concept_ids, concept_id(name))], 0.0) > min_weight")
     con.execute("CREATE OR REPLACE MACRO top_concepts(r, k := 5) AS "
                 "list_transform(r.concept_ids[1:k], lambda x: getvariable('lc_concept_names')[x + 1])")
+    # statistics for the sql/ library (DuckDB has no erf): upper tail of the standard normal by
+    # Abramowitz & Stegun 26.2.17 (absolute error < 7.5e-8; phi(x) * polynomial keeps the tail's
+    # relative error small), Wilson score interval bounds
+    con.execute("CREATE OR REPLACE MACRO _lc_q(x, t) AS exp(-x * x / 2) / sqrt(2 * pi()) * (t * (0.319381530 + "
+                "t * (-0.356563782 + t * (1.781477937 + t * (-1.821255978 + t * 1.330274429)))))")
+    con.execute("CREATE OR REPLACE MACRO normal_sf(z) AS CASE WHEN z >= 0 THEN _lc_q(z, 1 / (1 + 0.2316419 * z)) "
+                "ELSE 1 - _lc_q(-z, 1 / (1 - 0.2316419 * z)) END")
+    con.execute("CREATE OR REPLACE MACRO wilson_low(k, n, z := 1.959963984540054) AS CASE WHEN n > 0 THEN "
+                "greatest(0.0, ((k / n) + z * z / (2 * n) - z * sqrt((k / n) * (1 - k / n) / n + z * z / (4 * n * n)))"
+                " / (1 + z * z / n)) END")
+    con.execute("CREATE OR REPLACE MACRO wilson_high(k, n, z := 1.959963984540054) AS CASE WHEN n > 0 THEN "
+                "least(1.0, ((k / n) + z * z / (2 * n) + z * sqrt((k / n) * (1 - k / n) / n + z * z / (4 * n * n)))"
+                " / (1 + z * z / n)) END")
     if st.has_postings:
         con.execute("CREATE OR REPLACE VIEW image_concepts AS SELECT p.image_id, p.concept_id, "
                     "getvariable('lc_concept_names')[p.concept_id + 1] AS concept, p.weight "
@@ -362,10 +375,18 @@ def _used_params(query: str, params):
     return {k: v for k, v in params.items() if k in used} or None
 
 
+def _sql_rel(con, query: str, params):
+    """con.sql, after closing a result the caller left unread on the connection (DuckDB >= 2.0 refuses
+    new work while an execute() result is pending; only queries can be pending, so this is safe)."""
+    if hasattr(con, "abort"):
+        con.abort()  # a no-op when nothing is pending
+    return con.sql(query, params=params) if params else con.sql(query)
+
+
 def _arrow_table(con, query: str, params=None) -> pa.Table:
     """Arrow result without the extra copy a DB-API result makes (DuckDB >= 1.4: relation.to_arrow_table)."""
     params = _used_params(query, params)
-    rel = con.sql(query, params=params) if params else con.sql(query)
+    rel = _sql_rel(con, query, params)
     if rel is None:  # a statement without a result (CREATE ...)
         return pa.table({})
     return rel.to_arrow_table() if hasattr(rel, "to_arrow_table") else rel.arrow()
@@ -373,7 +394,7 @@ def _arrow_table(con, query: str, params=None) -> pa.Table:
 
 def _arrow_reader(con, query: str, params=None, batch_rows: int = 1 << 17):
     params = _used_params(query, params)
-    rel = con.sql(query, params=params) if params else con.sql(query)
+    rel = _sql_rel(con, query, params)
     if hasattr(rel, "to_arrow_reader"):
         return rel.to_arrow_reader(batch_rows)
     return rel.fetch_arrow_reader(batch_rows)
@@ -459,7 +480,7 @@ class NamedQuery:
         return run_query(con, text, bound)
 
 
-_PARAM_RE = re.compile(r"^--\s*@(param|ident)\s+(\w+)\s+(?:(\S+)\s+)?(?:=\s*('(?:[^']|'')*'|\[[^\]]*\]|\S+)\s*)?(.*)$")
+_PARAM_RE = re.compile(r"^--\s*@(param|ident)\s+(\w+)\s+(?:([A-Za-z][\w\[\]]*)\s+)?(?:=\s*('(?:[^']|'')*'|\[[^\]]*\]|\S+)\s*)?(.*)$")
 
 
 def _parse_default(raw: str | None, typ: str):
@@ -618,12 +639,15 @@ class _Accumulator:
     def add(self, group_cols: list[pa.Array], ids, ws) -> None:
         if len(group_cols[0]) == 0:
             return
-        codes = self._codes(group_cols)
         if isinstance(ids, pa.ChunkedArray):
             ids, ws = ids.combine_chunks(), ws.combine_chunks()
-        if ids.null_count:
-            keep = np.asarray(ids.is_valid())
-            ids, ws, codes = ids.filter(pa.array(keep)), ws.filter(pa.array(keep)), codes[keep]
+        if ids.null_count:  # error rows: no concepts, not counted anywhere
+            keep = pa.array(np.asarray(ids.is_valid()))
+            ids, ws = ids.filter(keep), ws.filter(keep)
+            group_cols = [g.filter(keep) for g in group_cols]
+            if len(ids) == 0:
+                return
+        codes = self._codes(group_cols)
         off = np.asarray(ids.offsets)
         woff = np.asarray(ws.offsets)
         if not np.array_equal(np.diff(off), np.diff(woff)):
