@@ -33,9 +33,26 @@ activating images show it at least a quarter as strongly as the group's best ter
 highly activating images). The softmax temperature (100, CLIP's logit scale) is FALCON's.
 
 The whole core is vectorised numpy over row chunks; the LanceDB layer (``falcon``) reads a vector
-column of the images table, writes the ``features``, ``feature_concepts`` and ``image_features``
-tables and returns JSON-able records. ``transfer`` carries labels to another representation of the
-same images through a ridge map.
+column of the images table, writes three tables and returns JSON-able records. ``transfer`` carries
+labels to another representation of the same images through a ridge map.
+
+Tables (for an images table ``T`` other than ``images`` they are prefixed ``T_``); every row carries
+``representation`` (the explained column, or the name given), and a new run of the same
+representation replaces its rows:
+
+``features``  one row per feature group: ``group_id``, ``features`` list<int32>, ``n_features``,
+    ``concepts`` / ``concept_scores`` (single words, strongest first), ``bigrams`` / ``bigram_scores``,
+    ``spurious`` with ``spurious_high_scores`` / ``spurious_low_scores``, ``n_high``, ``n_low``,
+    ``high_ids``, ``low_ids``, ``coherence``, ``interpretable``, ``used_crops``, ``evidence``,
+    ``method`` ('falcon' | 'transfer'), ``representation_fingerprint``, ``params`` (JSON) and, for
+    transferred labels, ``source_representation``, ``source_groups``, ``source_weights``, ``fit_r2``.
+    The table's Lance schema metadata (key ``lance_concepts``) holds each representation's
+    parameters and summary (including the fraction of features explained).
+``feature_concepts``  the same labels in long form: ``group_id``, ``kind`` ('word' | 'phrase' |
+    'spurious'), ``rank``, ``concept``, ``score``, ``low_score`` (spurious terms).
+``image_features``  per image: ``image_id``, ``group_id``, ``features``, ``labels`` (the group's top
+    labels), ``exact`` (the group of exactly the image's highly active features; otherwise all of
+    the group's features are among them), ``interpretable``.
 """
 from __future__ import annotations
 
