@@ -164,33 +164,6 @@ class _Corpus:
         self.n_concepts = len(concepts)
 
 
-def _row_topk(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact per-row top-k (indices, values) of a 2-D array, unordered within a row.
-
-    Faster than a full ``argpartition``: the k-th largest value of a strided subsample is a lower
-    bound of the row's k-th largest (the subsample already holds k values at least that large), so
-    only the few entries above it need sorting.
-    """
-    n, nd = values.shape
-    if k >= nd:
-        idx = np.broadcast_to(np.arange(nd), values.shape).copy()
-        return idx, values.copy()
-    step = max(1, min(8, nd // (4 * k)))
-    if step == 1:
-        idx = np.argpartition(values, nd - k, axis=1)[:, nd - k:]
-        return idx, np.take_along_axis(values, idx, axis=1)
-    sub = values[:, ::step]
-    cut = np.partition(sub, sub.shape[1] - k, axis=1)[:, sub.shape[1] - k]
-    r, c = np.nonzero(values >= cut[:, None])
-    v = values[r, c]
-    order = np.lexsort((-v, r))                       # by row, then value descending
-    r, c, v = r[order], c[order], v[order]
-    starts = np.searchsorted(r, np.arange(n))
-    pos = np.arange(len(r)) - starts[r]
-    keep = pos < k
-    return c[keep].reshape(n, k), v[keep].reshape(n, k)
-
-
 def _topk_softmax(evidence: np.ndarray, docs: np.ndarray, temperature: float, top_k: int,
                   chunk: int = 2048) -> sparse.csr_matrix:
     """``p(doc | image) = softmax(temperature * cos)`` over all documents, kept on each row's top-k."""
@@ -204,11 +177,14 @@ def _topk_softmax(evidence: np.ndarray, docs: np.ndarray, temperature: float, to
         logits = e @ docs_t
         logits *= np.float32(temperature)
         logits -= logits.max(axis=1, keepdims=True)
-        idx, top = _row_topk(logits, k)
         np.exp(logits, out=logits)
         z = logits.sum(axis=1, keepdims=True, dtype=np.float64).astype(np.float32)
+        if k < nd:
+            idx = np.argpartition(logits, nd - k, axis=1)[:, nd - k:]
+        else:
+            idx = np.broadcast_to(np.arange(nd), logits.shape)
         out_idx[s:s + chunk] = idx
-        out_val[s:s + chunk] = np.exp(top) / z
+        out_val[s:s + chunk] = np.take_along_axis(logits, idx, axis=1) / z
     indptr = np.arange(0, n * k + 1, k, dtype=np.int64)
     return sparse.csr_matrix((out_val.ravel(), out_idx.ravel(), indptr), shape=(n, nd))
 
