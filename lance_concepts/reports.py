@@ -16,6 +16,8 @@ Statistics, in plain words
   split) against the reference window (split): the pooled z-test when every expected cell count is at
   least 5, otherwise Fisher's exact test (two-sided p = twice the smaller one-sided p, capped at 1).
 * *over-representation test* (spurious): the same test, one-sided (label more often than the rest).
+* *homogeneity test* (drift alerts): chi-square test that a concept's prevalence is the same in
+  every window (G - 1 degrees of freedom), so that one noisy reference window cannot raise an alert.
 * *Benjamini-Hochberg*: p-values of all tests of one report are turned into q-values (false-discovery
   rate); a finding needs ``q < alpha`` (default 0.05) **and** an effect size (``min_change`` /
   ``min_lift``) so that tiny but "significant" shifts in large tables are not reported.
@@ -538,8 +540,10 @@ def drift(db, time_column: str = "timestamp", every: str = "month", *, concepts:
     the window the others are compared with (its label, e.g. '2024-01', or 'first' / 'last'; default
     the first). ``min_weight``: a concept counts as present when its weight is above this. Every
     concept seen in at least ``min_support`` images is tested in every window against the reference
-    (two-sided two-proportion test, BH over all of them); an *alert* is a concept with some window at
-    q < ``alpha`` whose prevalence moved by at least ``min_change`` (absolute). ``rising`` / ``falling``:
+    (two-sided two-proportion test, BH over all of them). An *alert* is a concept whose prevalence is
+    not the same in all windows (chi-square test of homogeneity over all windows, BH over the concepts,
+    q < ``alpha``) and that has a window at q < ``alpha`` against the reference with a prevalence change
+    of at least ``min_change`` (absolute). ``rising`` / ``falling``:
     the ``n_trend`` concepts whose prevalence changed most between the reference and the last window.
     ``where``: optional SQL condition on ``images`` (with ``$name`` parameters in ``params``).
     """
@@ -595,7 +599,13 @@ def _drift_from_crosstab(ct, names, time_column, every, chosen, top, reference, 
         qvals[np.ix_(others, tested)] = benjamini_hochberg(pvals[np.ix_(others, tested)].ravel()).reshape(
             len(others), len(tested))
     change = prev - prev[r][None, :]
-    hit = (qvals < alpha) & (np.abs(change) >= min_change)
+    # omnibus: is the prevalence the same in every window? (chi-square test of homogeneity, G - 1 df,
+    # BH over the tested concepts). It uses all windows at once, so a noisy reference window alone
+    # does not raise an alert.
+    omni_q = np.ones(C)
+    if G > 1 and len(tested):
+        omni_q[tested] = benjamini_hochberg(_homogeneity_p(ct.present[:, tested], n))
+    hit = (qvals < alpha) & (np.abs(change) >= min_change) & (omni_q[None, :] < alpha)
     hit[r] = False
     alerts = []
     for c in np.flatnonzero(hit.any(axis=0)):
@@ -603,7 +613,8 @@ def _drift_from_crosstab(ct, names, time_column, every, chosen, top, reference, 
         g = gs[np.argmax(np.abs(change[gs, c]))]
         alerts.append({"concept": names.name(int(c)), "window": labels[g], "direction":
                        "rising" if change[g, c] > 0 else "falling", "reference_prevalence": float(prev[r, c]),
-                       "prevalence": float(prev[g, c]), "change": float(change[g, c]), "q_value": float(qvals[g, c])})
+                       "prevalence": float(prev[g, c]), "change": float(change[g, c]), "q_value": float(qvals[g, c]),
+                       "homogeneity_q": float(omni_q[c])})
     alerts.sort(key=lambda a: -abs(a["change"]))
     last = G - 1 if r != G - 1 else 0
     d_last = change[last, tested] if len(tested) else np.zeros(0)
@@ -657,6 +668,20 @@ def _drift_from_crosstab(ct, names, time_column, every, chosen, top, reference, 
                        params={"min_weight": min_weight, "alpha": alpha, "min_change": min_change,
                                "min_support": min_support, "tested_concepts": int(len(tested)),
                                "engine": ct.engine, "alert_concepts": sorted(alert_set)})
+
+
+def _homogeneity_p(present, n):
+    """p-value per concept (column) of the chi-square test that the prevalence is equal in all groups."""
+    from scipy.special import chdtrc
+
+    x = np.asarray(present, dtype=np.float64)
+    n = np.asarray(n, dtype=np.float64)[:, None]
+    pooled = x.sum(axis=0) / n.sum()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        stat = (((x - n * pooled) ** 2) / (n * pooled * (1 - pooled))).sum(axis=0)
+    df = max(x.shape[0] - 1, 1)
+    p = chdtrc(df, stat)
+    return np.where((pooled > 0) & (pooled < 1), np.nan_to_num(p, nan=1.0), 1.0)
 
 
 def _parse_date(s: str):
@@ -972,6 +997,7 @@ def _over_represented(labels, n, present, wsum, names, excluded, min_support, mi
     types = {"label": label_type, "concept": pa.string(), "rank": pa.int32(), "n_label": pa.int64(),
              "n_present": pa.int64()}
     tbl = pa.table({k: pa.array(v, types.get(k, pa.float64())) for k, v in out.items()})
+    tbl = tbl.add_column(0, "kind", pa.array(["over_represented"] * tbl.num_rows, pa.string()))
     return tbl, {"tested": int(len(a))}
 
 

@@ -2,9 +2,12 @@
 --
 -- Every concept seen in at least min_support images, every window against the reference window
 -- (the first one unless reference is given): two-sided pooled two-proportion z-test, then
--- Benjamini-Hochberg over all (window, concept) tests. Reported: q < alpha and
+-- Benjamini-Hochberg over all (window, concept) tests. A concept is reported when its prevalence is
+-- not the same in all windows (chi-square test of homogeneity, BH over concepts, q < alpha; p from
+-- the Wilson-Hilferty approximation) and a window has q < alpha with
 -- |prevalence - reference prevalence| >= min_change. The z-test is used for all counts here; the
--- Python / CLI drift uses Fisher's exact test where expected counts are below 5.
+-- Python / CLI drift uses Fisher's exact test where expected counts are below 5 and the exact
+-- chi-square distribution.
 --
 -- @ident time_column = timestamp      a timestamp or date column of images
 -- @param every       VARCHAR = 'month'  day | week | month | quarter | year
@@ -28,6 +31,23 @@ grid AS (  -- every (window, tested concept), zero counts included
     SELECT n.win, n.n, t.cid, coalesce(k.x, 0) AS x
     FROM n CROSS JOIN tested t LEFT JOIN k ON k.win = n.win AND k.cid = t.cid
 ),
+omni AS (  -- chi-square test of homogeneity over all windows, per concept
+    SELECT g.cid,
+           sum(CASE WHEN t.pp > 0 AND t.pp < 1 THEN power(g.x - g.n * t.pp, 2) / (g.n * t.pp * (1 - t.pp)) END) AS chi2,
+           count(*) - 1 AS df, any_value(t.pp) AS pp
+    FROM grid g JOIN (SELECT cid, sum(x) / sum(n) AS pp FROM grid GROUP BY cid) t ON t.cid = g.cid
+    GROUP BY g.cid
+),
+omni_p AS (
+    SELECT cid, CASE WHEN df < 1 OR pp <= 0 OR pp >= 1 THEN 1.0
+                     ELSE normal_sf((power(chi2 / df, 1.0 / 3) - (1 - 2 / (9 * df))) / sqrt(2 / (9 * df))) END AS p
+    FROM omni
+),
+omni_q AS (
+    SELECT cid, least(1.0, min(p * m / r) OVER (ORDER BY r DESC ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW))
+                AS homogeneity_q
+    FROM (SELECT *, row_number() OVER (ORDER BY p) AS r, count(*) OVER () AS m FROM omni_p)
+),
 cmp AS (
     SELECT g.win, g.cid, g.n AS n1, g.x AS x1, r.n AS n2, r.x AS x2
     FROM grid g JOIN grid r ON r.cid = g.cid AND r.win = (SELECT win FROM ref)
@@ -49,7 +69,8 @@ q AS (
 )
 SELECT win::DATE AS window_start, concept_name(cid) AS concept,
        CASE WHEN p1 > p2 THEN 'rising' ELSE 'falling' END AS direction,
-       p2 AS reference_prevalence, p1 AS prevalence, p1 - p2 AS change, n1 AS n_images, p_value, q_value
-FROM q
-WHERE q_value < $alpha AND abs(p1 - p2) >= $min_change
+       p2 AS reference_prevalence, p1 AS prevalence, p1 - p2 AS change, n1 AS n_images, p_value, q_value,
+       homogeneity_q
+FROM q JOIN omni_q USING (cid)
+WHERE q_value < $alpha AND abs(p1 - p2) >= $min_change AND homogeneity_q < $alpha
 ORDER BY abs(p1 - p2) DESC, window_start, concept;
