@@ -225,11 +225,15 @@ def _batched_matvec(G: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 def _cd_sweeps(G: np.ndarray, q: np.ndarray, x: np.ndarray, sweeps: int) -> np.ndarray:
-    """Coordinate descent on ``0.5 x'Gx - q'x, x >= 0`` for all images at once (in place on x)."""
+    """Coordinate descent on ``0.5 x'Gx - q'x, x >= 0`` for all images at once, in float32.
+
+    Only used to guess the support for the exact pivoting polish, so single precision is enough."""
     if sweeps <= 0 or x.shape[1] == 0:
         return x
     K = x.shape[1]
-    g = q - _batched_matvec(G, x)  # negative gradient
+    G = G.astype(np.float32, copy=False)
+    x = x.astype(np.float32)
+    g = q.astype(np.float32) - np.matmul(G, x[:, :, None])[:, :, 0]  # negative gradient
     inv_diag = 1.0 / np.diagonal(G, axis1=1, axis2=2)
     tmp = np.empty_like(g)
     for _ in range(sweeps):
@@ -238,12 +242,10 @@ def _cd_sweeps(G: np.ndarray, q: np.ndarray, x: np.ndarray, sweeps: int) -> np.n
             new = xj + g[:, j] * inv_diag[:, j]
             np.maximum(new, 0.0, out=new)
             delta = new - xj
-            if not delta.any():
-                continue
             x[:, j] = new
             np.multiply(G[:, j, :], delta[:, None], out=tmp)
             g -= tmp
-    return x
+    return x.astype(np.float64)
 
 
 def _masked_solve(G: np.ndarray, q: np.ndarray, F: np.ndarray) -> np.ndarray:
@@ -255,8 +257,8 @@ def _masked_solve(G: np.ndarray, q: np.ndarray, F: np.ndarray) -> np.ndarray:
     if p == 0:
         return z
     Fp = np.take_along_axis(F, order, 1)
-    Gp = np.take_along_axis(np.take_along_axis(G, order[:, :, None], 1), order[:, None, :], 2)
-    M = np.where(Fp[:, :, None] & Fp[:, None, :], Gp, 0.0)
+    Gp = _sub_gram(G, order)
+    M = np.where(Fp[:, :, None] & Fp[:, None, :], Gp, 0.0)  # float64 for the solve
     diag = np.arange(p)
     M[:, diag, diag] += np.where(Fp, 1e-12, 1.0)  # identity off F; a 1e-12 ridge keeps G_FF regular
     rhs = np.where(Fp, np.take_along_axis(q, order, 1), 0.0)
@@ -369,9 +371,9 @@ class SpliceDecomposer:
         *,
         kkt_tol: float = 1e-4,
         max_rounds: int = 50,
-        working_set: int = 64,
+        working_set: int = 32,
         grow: float = 2.0,
-        min_add: int = 16,
+        min_add: int = 24,
         cd_sweeps: int = 8,
         max_pivots: int = 100,
         batch_size: int = 1024,
@@ -425,7 +427,10 @@ class SpliceDecomposer:
         self._solver_to_concept = nonzero[keep]
         self.n_duplicates_ = int(len(nonzero) - len(keep))
         self.device_ = _resolve_device(self.device)
-        Du = np.vstack([D[self._solver_to_concept], np.zeros((1, self.dim_), np.float32)])  # + padding row
+        # + zero padding rows (at least one: the padding concept of the solver's ragged arrays), up to a
+        # multiple of 16 rows, which keeps the dictionary GEMM on MKL's fast path
+        n_pad = 16 - len(keep) % 16
+        Du = np.vstack([D[self._solver_to_concept], np.zeros((n_pad, self.dim_), np.float32)])
         self._Dn = np.ascontiguousarray(Du)
         self._Du = torch.from_numpy(self._Dn).to(self.device_)
         self._cu = len(keep)
@@ -527,26 +532,38 @@ class SpliceDecomposer:
         act = np.arange(n)  # images still running
         S_idx = np.full((n, 0), dummy, np.int64)  # state of the running images, aligned with `act`
         S_w = np.zeros((n, 0))
-        S_G = np.zeros((n, 0, 0))
+        S_G = np.zeros((n, 0, 0), np.float32)
+        buf = torch.empty((n, Dfull.shape[0]), dtype=torch.float32, device=dev)
         for r in range(int(self.max_rounds) + 1):
+            na = len(act)
             # ---- residual correlations of the running images with every concept: one GEMM
             Rt = Vt if r == 0 else Vt[torch.from_numpy(act).to(dev)]
             if S_idx.shape[1]:
                 Rt = Rt - self._combine(S_idx, S_w)
-            viol = Rt @ Dfull.T  # (na, cu + 1); the padding column is 0
-            viol -= half  # > 0: a zero weight that should enter
+            corr = torch.mm(Rt, Dfull.T, out=buf[:na])  # (na, cpad) = d_j . r; padding columns are 0
+            # KKT in half units: corr_j - lam/2 > 0 is a violation for a zero weight (kept lazy)
             rounds[act] += 1
             s = S_idx.shape[1]
             if s:
                 Si_t = torch.from_numpy(S_idx).to(dev)
-                vS = torch.gather(viol, 1, Si_t)
+                vS = torch.gather(corr, 1, Si_t) - half
                 sup_valid = S_idx != dummy
-                on_sup = vS.abs().masked_fill(~torch.from_numpy(sup_valid).to(dev), 0).amax(1)
-                viol.scatter_(1, Si_t, -math.inf)  # support (and padding) are not candidates
+                on_sup = vS.abs().masked_fill(~torch.from_numpy(sup_valid).to(dev), 0).amax(1).cpu().numpy()
+                corr.scatter_(1, Si_t, -math.inf)  # support (and padding) are not candidates
                 vS = vS.cpu().numpy().astype(np.float64)
             else:
-                on_sup = torch.zeros(len(act), device=dev)
-            worst = (2.0 * torch.maximum(torch.clamp(viol.amax(1), min=0), on_sup)).cpu().numpy()
+                on_sup = np.zeros(na, np.float32)
+            # the strongest candidates (sorted) of every running image; the first is the largest
+            # violation, so no separate max pass is needed
+            ns = (S_idx != dummy).sum(1)
+            if r == 0:
+                m = np.full(na, int(self.working_set))
+            else:
+                m = np.maximum(int(self.min_add), np.ceil((self.grow - 1.0) * ns).astype(int))
+            k = int(min(m.max(), cu))
+            vN, N = torch.topk(corr, k, dim=1, sorted=True)
+            vN, N = vN.cpu().numpy().astype(np.float64) - half, N.cpu().numpy()
+            worst = 2.0 * np.maximum(np.maximum(vN[:, 0], 0.0), on_sup)
             kkt[act] = worst
             done = worst <= self.kkt_tol
             last = r == int(self.max_rounds)
@@ -560,68 +577,95 @@ class SpliceDecomposer:
                 if not keep.any():
                     break
                 act, S_idx, S_w, S_G = act[keep], S_idx[keep], S_w[keep], S_G[keep]
-                viol = viol[torch.from_numpy(keep).to(dev)]
+                vN, N, m = vN[keep], N[keep], m[keep]
                 if s:
-                    vS, sup_valid = vS[keep], sup_valid[keep]
+                    vS = vS[keep]
             na = len(act)
 
-            # ---- candidates: the strongest violators (all images of the round share the width)
-            ns = (S_idx != dummy).sum(1)
-            if r == 0:
-                m = np.full(na, int(self.working_set))
-            else:
-                m = np.maximum(int(self.min_add), np.ceil((self.grow - 1.0) * ns).astype(int))
-            k = int(min(m.max(), cu))
-            vN, N = torch.topk(viol, k, dim=1, sorted=True)
-            vN, N = vN.cpu().numpy().astype(np.float64), N.cpu().numpy()
+            # ---- candidates: the strongest violators with a positive violation, front-compacted
+            k = vN.shape[1]
             takeN = (np.arange(k)[None, :] < m[:, None]) & (vN > eps_inner)
             order = _front(takeN)  # topk is sorted, so the kept ones are a prefix; this trims columns
             takeN = np.take_along_axis(takeN, order, 1)
             N = np.where(takeN, np.take_along_axis(N, order, 1), dummy)
             vN = np.where(takeN, np.take_along_axis(vN, order, 1), 0.0)
-            W = np.concatenate([S_idx, N], axis=1)
-            Wv = W != dummy
-            K = W.shape[1]
+            if not s:
+                vS = np.zeros((na, 0))
 
-            # ---- small problems: G = D_W D_W^T (only the new rows are computed), q = D_W v - lam/2
-            G = np.empty((na, K, K))
-            if s:
-                G[:, :s, :s] = S_G
-            B = self._cross_gram(W, s)  # (na, K - s, K) = D_N D_W^T
-            G[:, s:, :] = B
-            G[:, :s, s:] = B[:, :, :s].transpose(0, 2, 1)
-            pad = ~Wv
-            if pad.any():
-                ii, jj = np.nonzero(pad)
-                G[ii, jj, :] = 0.0
-                G[ii, :, jj] = 0.0
-                G[ii, jj, jj] = 1.0
-            # q_j = d_j.v - lam/2 = viol_j + (G_{jS} x_S): the GEMM already holds d_j.r
-            q = np.concatenate([vS, vN], axis=1) if s else vN
-            if s:
-                q = q + _batched_matvec(G[:, :, :s], S_w)
-            q[pad] = -1.0
-            x0 = np.zeros((na, K))
-            x0[:, :s] = S_w
-            x = _cd_sweeps(G, q, x0, int(self.cd_sweeps))
-            xb, ok = _bpp(G, q, x > 0, Wv, eps_inner, int(self.max_pivots))
-            x = np.where(ok[:, None], xb, x)
-
-            # ---- new supports (compacted) and their Grams
-            pos = (x > 0) & Wv
-            order = _front(pos)
-            kept = np.take_along_axis(pos, order, 1)
-            S_idx = np.where(kept, np.take_along_axis(W, order, 1), dummy)
-            S_w = np.where(kept, np.take_along_axis(x, order, 1), 0.0)
-            S_G = np.take_along_axis(np.take_along_axis(G, order[:, :, None], 1), order[:, None, :], 2)
-            ii, jj = np.nonzero(~kept)
-            S_G[ii, jj, :] = 0.0
-            S_G[ii, :, jj] = 0.0
-            S_G[ii, jj, jj] = 1.0
+            # ---- small problems, in chunks of images with similar working-set sizes (the padded
+            # width of a chunk is its largest working set, and the work grows with its square)
+            ns = (S_idx != dummy).sum(1)
+            nn = takeN.sum(1)
+            rank = np.argsort(ns + nn, kind="stable")
+            chunks = np.array_split(rank, max(1, min(4, na // 128)))
+            parts = []
+            for rows in chunks:
+                if not len(rows):
+                    continue
+                sc, mc = int(ns[rows].max()), int(nn[rows].max())
+                parts.append((rows, self._small_problems(
+                    S_idx[rows, :sc], S_w[rows, :sc], S_G[rows, :sc, :sc], vS[rows, :sc],
+                    N[rows, :mc], vN[rows, :mc], eps_inner)))
+            width = max(p[1][0].shape[1] for p in parts)
+            S_idx = np.full((na, width), dummy, np.int64)
+            S_w = np.zeros((na, width))
+            S_G = np.zeros((na, width, width), np.float32)
+            S_G[:, np.arange(width), np.arange(width)] = 1.0
+            for rows, (si, sw, sg) in parts:
+                w = si.shape[1]
+                S_idx[rows, :w] = si
+                S_w[rows, :w] = sw
+                S_G[rows[:, None, None], np.arange(w)[None, :, None], np.arange(w)[None, None, :]] = sg
 
         valid = out_idx != dummy
         rows = np.nonzero(valid)[0]
         return rows, out_idx[valid], out_w[valid], rounds, kkt
+
+    def _small_problems(self, S_idx, S_w, S_G, vS, N, vN, eps_inner):
+        """One round's small problems for a chunk of images, all in lock-step.
+
+        ``W = [S, N]`` (support first, both front-compacted and padded with the padding concept);
+        ``vS``/``vN`` are ``d_j . r - lam/2`` from the round's GEMM. Returns the new support
+        (indices, weights, Gram), front-compacted."""
+        dummy = self._cu
+        na, s = S_idx.shape
+        W = np.concatenate([S_idx, N], axis=1)
+        Wv = W != dummy
+        K = W.shape[1]
+        # G = D_W D_W^T: the support block is known, only D_N D_W^T is computed
+        G = np.empty((na, K, K), np.float32)  # the products are float32 anyway
+        G[:, :s, :s] = S_G
+        B = self._cross_gram(W, s)
+        G[:, s:, :] = B
+        G[:, :s, s:] = B[:, :, :s].transpose(0, 2, 1)
+        pad = ~Wv
+        if pad.any():
+            ii, jj = np.nonzero(pad)
+            G[ii, jj, :] = 0.0
+            G[ii, :, jj] = 0.0
+            G[ii, jj, jj] = 1.0
+        # q_j = d_j.v - lam/2 = (d_j.r - lam/2) + G_{jS} x_S: the GEMM already holds d_j.r
+        q = np.concatenate([vS, vN], axis=1)
+        if s:
+            q += _batched_matvec(G[:, :, :s], S_w)
+        q[pad] = -1.0
+        x0 = np.zeros((na, K))
+        x0[:, :s] = S_w
+        x = _cd_sweeps(G, q, x0, int(self.cd_sweeps))
+        xb, ok = _bpp(G.astype(np.float64), q, x > 0, Wv, eps_inner, int(self.max_pivots))
+        x = np.where(ok[:, None], xb, x)  # (a pivoting failure keeps the feasible CD point)
+        # the new support, front-compacted, with its Gram
+        pos = (x > 0) & Wv
+        order = _front(pos)
+        kept = np.take_along_axis(pos, order, 1)
+        S_idx = np.where(kept, np.take_along_axis(W, order, 1), dummy)
+        S_w = np.where(kept, np.take_along_axis(x, order, 1), 0.0)
+        S_G = _sub_gram(G, order)
+        ii, jj = np.nonzero(~kept)
+        S_G[ii, jj, :] = 0.0
+        S_G[ii, :, jj] = 0.0
+        S_G[ii, jj, jj] = 1.0
+        return S_idx, S_w, S_G
 
     def _combine(self, Si: np.ndarray, Sw: np.ndarray):
         """``W D`` for padded supports (na, s) -> torch (na, d) float32 (a sparse-dense product)."""
@@ -630,11 +674,11 @@ class SpliceDecomposer:
         na, s = Si.shape
         indptr = np.arange(0, na * s + 1, s, dtype=np.int64)
         if self._Du.device.type == "cpu":
-            M = sp.csr_matrix((Sw.reshape(-1).astype(np.float32), Si.reshape(-1), indptr), shape=(na, self._cu + 1))
+            M = sp.csr_matrix((Sw.reshape(-1).astype(np.float32), Si.reshape(-1), indptr), shape=(na, self._Dn.shape[0]))
             return torch.from_numpy(np.asarray(M @ self._Dn))
         M = torch.sparse_csr_tensor(
             torch.from_numpy(indptr), torch.from_numpy(Si.reshape(-1)),
-            torch.from_numpy(Sw.reshape(-1).astype(np.float32)), size=(na, self._cu + 1),
+            torch.from_numpy(Sw.reshape(-1).astype(np.float32)), size=(na, self._Dn.shape[0]),
         ).to(self._Du.device)
         return M @ self._Du
 
@@ -738,6 +782,12 @@ def _pad_cols(a: np.ndarray, width: int, fill) -> np.ndarray:
     if a.shape[1] >= width:
         return a
     return np.concatenate([a, np.full((a.shape[0], width - a.shape[1]), fill, a.dtype)], axis=1)
+
+
+def _sub_gram(G: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """``G[i][order[i]][:, order[i]]`` for every image i, in one gather."""
+    rows = np.arange(G.shape[0])[:, None, None]
+    return G[rows, order[:, :, None], order[:, None, :]]
 
 
 def _front(keep: np.ndarray) -> np.ndarray:
