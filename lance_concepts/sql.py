@@ -238,7 +238,9 @@ def connect(db, *, table: str = "images", materialize: bool = False, include_emb
         st.sources[view] = ds
         cols = ds.schema.names
         if materialize:
-            keep = [c for c in cols if include_embeddings or not _is_embedding(ds.schema.field(c))]
+            # the concepts' text embeddings are small and needed (label matching): always kept
+            keep = [c for c in cols if include_embeddings or view == "concepts"
+                    or not _is_embedding(ds.schema.field(c))]
             sel = ", ".join(quote_ident(c) for c in keep)
             con.execute(f"CREATE OR REPLACE TABLE {quote_ident(view)} AS SELECT {sel} FROM {src}")
             con.unregister(src)
