@@ -129,7 +129,9 @@ def _falcon_explainer_options(f):
         click.option("--spurious-threshold", default=0.25, show_default=True,
                      help="Remove a term when the lowly activating images score it at least this fraction of "
                           "the group's top score (recalibrated FALCON cut-off)."),
-        click.option("--temperature", default=100.0, show_default=True, help="Softmax scale on CLIP cosines."),
+        click.option("--temperature", type=float, default=None,
+                     help="Softmax scale on CLIP cosines (default: the CLIP model's learned logit scale, "
+                          "100 for CLIP ViT-B-32 as in FALCON)."),
     ]
     for o in reversed(opts):
         f = o(f)

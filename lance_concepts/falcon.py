@@ -85,6 +85,7 @@ __all__ = [
     "crop_to_box",
     "default_transform",
     "load_target_model",
+    "encoder_temperature",
     "FEATURES_TABLE",
     "FEATURE_CONCEPTS_TABLE",
     "IMAGE_FEATURES_TABLE",
@@ -1296,6 +1297,14 @@ def _load_concepts(store, meta, vocabulary, get_encoder, need_embeddings: bool):
     return list(vocab.concepts), emb, f"vocabulary {vocab.name} ({vocab.digest})", vocab
 
 
+def encoder_temperature(encoder, default: float = 100.0) -> float:
+    """The encoder's learned CLIP logit scale (100 for the CLIP models FALCON used), else ``default``."""
+    scale = getattr(getattr(encoder, "model", None), "logit_scale", None)
+    if scale is None:
+        return float(default)
+    return float(scale.exp().item()) if hasattr(scale, "exp") else float(np.exp(scale))
+
+
 def falcon(db, features_column: str = "embedding", *, table: str = "images", vocabulary=None, encoder=None,
            evidence: str = "clip", caption_column: str | None = None, model=None, transform=None,
            target_layer=None, features_layer=None, cam_threshold: float = 0.6, representation: str | None = None,
@@ -1315,16 +1324,20 @@ def falcon(db, features_column: str = "embedding", *, table: str = "images", voc
     model, transform, target_layer, features_layer : a ``torch.nn.Module`` for GradCAM crops of the
         highly activating images (without it whole images are used and the output says so).
     params : FalconExplainer parameters (high_std, min_group_size, coherence_threshold, top_k,
-        n_terms, low_similarity, max_low, spurious_threshold, temperature, chunk_size).
+        n_terms, low_similarity, max_low, spurious_threshold, temperature, chunk_size). The
+        temperature defaults to the CLIP model's learned logit scale (100 for the CLIP models
+        FALCON used, which is FALCON's value; 100 when the model cannot be loaded).
     write : write the ``features``, ``feature_concepts`` and ``image_features`` tables.
     """
     from .store import ImageStore
 
     if evidence not in ("clip", "splice"):
         raise InputError(f"evidence must be 'clip' or 'splice', not {evidence!r}")
-    fx = explainer if explainer is not None else FalconExplainer(**params)
     if explainer is not None and params:
         raise InputError("pass either explainer= or explainer parameters, not both")
+    bad = sorted(set(params) - set(FalconExplainer().get_params()))
+    if bad:
+        raise InputError(f"unknown FALCON parameter(s) {bad}; valid: {sorted(FalconExplainer().get_params())}")
     store = ImageStore(db, table, storage_options)
     if not store.exists():
         raise InputError(f"no table {table!r} in {db}")
@@ -1419,6 +1432,21 @@ def falcon(db, features_column: str = "embedding", *, table: str = "images", voc
             captions = None
         notes.append(f"{0 if captions is None else len(captions)} distinct captions of column "
                      f"{caption_column!r} joined the softmax")
+    # softmax temperature: FALCON's 100 is CLIP's learned logit scale; use the encoder's own scale
+    if explainer is None and params.get("temperature") is None:
+        params.pop("temperature", None)
+        temperature, source = 100.0, "FALCON's default (100)"
+        if evidence == "clip":
+            try:
+                enc = get_encoder()
+                if getattr(getattr(enc, "model", None), "logit_scale", None) is not None:
+                    temperature = encoder_temperature(enc)
+                    source = f"the CLIP model's learned logit scale ({temperature:.1f})"
+            except LanceConceptsError as exc:
+                source = f"FALCON's default (100): the table's CLIP model could not be loaded ({exc})"
+        notes.append(f"softmax temperature: {source}")
+        params["temperature"] = temperature
+    fx = explainer if explainer is not None else FalconExplainer(**params)
     crop_embedder = None
     if model is not None:
         crop_embedder = gradcam_crop_embedder(model, load_images, get_encoder(), transform,
