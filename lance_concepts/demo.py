@@ -9,7 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["demo", "DemoResult"]
+__all__ = ["demo", "DemoResult", "FILTER_THRESHOLD"]
+
+#: Weight above which the demo reports an image as showing a concept (documented in the README).
+FILTER_THRESHOLD = 0.05
 
 
 @dataclass
@@ -18,6 +21,7 @@ class DemoResult:
     manifest: Path
     ingest_summary: object = None
     sections: list = field(default_factory=list)  # (title, text) pairs
+    metrics: dict = field(default_factory=dict)  # measured against the planted truth
 
     def add(self, title: str, text: str) -> None:
         self.sections.append((title, text))
@@ -45,4 +49,60 @@ def demo(db: str = "demo.lancedb", n_images: int = 600, data_dir=None, seed: int
     say(f"ingesting {manifest} into {db} with the demo model ...")
     result.ingest_summary = ingest(str(manifest), str(db), model="demo", vocab="demo", quiet=quiet)
     result.add("ingest", str(result.ingest_summary))
+    truth = demo_world.read_manifest(manifest)
+    _filter_section(result, db, truth)
+    _drift_section(result, db, manifest)
+    _spurious_section(result, db, truth)
     return result
+
+
+def _filter_section(result: DemoResult, db, truth: list[dict], concept: str = "red",
+                    threshold: float = FILTER_THRESHOLD) -> None:
+    from .reports import filter as concept_filter
+
+    found = set(concept_filter(db, concept, threshold, columns=("uri",)).column("id").to_pylist())
+    planted = {r["id"] for r in truth if r["colour"] == concept}
+    hit = len(found & planted)
+    precision = hit / len(found) if found else float("nan")
+    recall = hit / len(planted) if planted else float("nan")
+    result.metrics.update(filter_precision=precision, filter_recall=recall)
+    result.add(f"filter: images where concept '{concept}' > {threshold}",
+               f"{len(found)} images found, {len(planted)} are {concept} in truth: "
+               f"precision {precision:.2f}, recall {recall:.2f}")
+
+
+def _drift_section(result: DemoResult, db, manifest: Path) -> None:
+    import json
+
+    import numpy as np
+
+    from .reports import drift
+
+    res = drift(db, time_column="timestamp", every="month", concepts=["red"])
+    planted = json.loads((manifest.parent / "world.json").read_text())["drift_share_by_month"]
+    rows = sorted((r for r in res.records() if r["concept"] == "red"), key=lambda r: r["window"])
+    measured = [r["prevalence"] for r in rows]
+    corr = float(np.corrcoef(measured, planted[:len(measured)])[0, 1]) if len(measured) > 2 else float("nan")
+    result.metrics.update(drift_correlation=corr, drift_alerts=[a["concept"] for a in res.alerts])
+    lines = ["month    planted red  measured 'red' prevalence"]
+    lines += [f"{r['window']:<8} {p:>10.0%}  {m:>10.0%}" for r, p, m in zip(rows, planted, measured)]
+    lines.append(f"correlation with the planted share: {corr:.3f}")
+    full = drift(db, time_column="timestamp", every="month")
+    lines.append("drift alerts at default settings: "
+                 + (", ".join(sorted({a["concept"] for a in full.alerts})) or "none") + "  (planted: red)")
+    result.add("drift: monthly prevalence of 'red' (planted 10% -> 70%)", "\n".join(lines))
+
+
+def _spurious_section(result: DemoResult, db, truth: list[dict]) -> None:
+    from .reports import spurious
+
+    res = spurious(db, label_column="label")
+    by_label: dict = {}
+    for r in res.records():
+        by_label.setdefault(r["label"], []).append(r["concept"])
+    result.metrics.update(spurious_top_circle=(by_label.get("circle") or [None])[0])
+    grass = {lab: sum(1 for r in truth if r["label"] == lab and r["background"] == "grass") /
+             max(1, sum(1 for r in truth if r["label"] == lab)) for lab in ("circle", "square")}
+    lines = [f"planted: {grass['circle']:.0%} of circles and {grass['square']:.0%} of squares are on grass", "",
+             res.summary()]
+    result.add("spurious: concepts tied to the class label", "\n".join(lines))
