@@ -663,6 +663,11 @@ class _Accumulator:
         self.n += np.bincount(codes[ok_rows], minlength=self.cap)
         if not cids.size:
             return
+        kernel = _numba_kernel()
+        if kernel is not None:  # one fused pass (optional accelerator)
+            kernel(codes, off - off[0], cids, w, C, self.thr, self.present.reshape(-1), self.wsum.reshape(-1),
+                   self.wsq.reshape(-1) if self.second else np.zeros(1), self.second)
+            return
         rep = np.repeat(codes, np.diff(off))
         if not ok_rows.all():
             m = rep >= 0
@@ -683,6 +688,40 @@ class _Accumulator:
                         present=self.present[:G][order], weight_sum=self.wsum[:G][order],
                         weight_sq=None if self.wsq is None else self.wsq[:G][order], min_weight=self.min_weight,
                         dropped_null_groups=self.dropped, engine=engine)
+
+
+_KERNEL: list = []
+
+
+def _numba_kernel():
+    """The fused crosstab kernel when numba is installed (it is optional: numpy's bincount gives the
+    same numbers, about 2-3x slower). LANCE_CONCEPTS_NUMBA=0 turns it off."""
+    if _KERNEL:
+        return _KERNEL[0]
+    kernel = None
+    if os.environ.get("LANCE_CONCEPTS_NUMBA", "1") not in ("0", "false", "no"):
+        try:
+            import numba
+
+            @numba.njit(cache=True, nogil=True)
+            def kernel(codes, off, cids, w, C, thr, present, wsum, wsq, second):  # pragma: no cover - jitted
+                for i in range(codes.shape[0]):
+                    g = codes[i]
+                    if g < 0:
+                        continue
+                    base = g * C
+                    for j in range(off[i], off[i + 1]):
+                        k = base + cids[j]
+                        x = w[j]
+                        if x > thr:
+                            present[k] += 1
+                        wsum[k] += x
+                        if second:
+                            wsq[k] += x * x
+        except Exception:  # numba missing or broken: numpy path
+            kernel = None
+    _KERNEL.append(kernel)
+    return kernel
 
 
 def _sort_key(v):
