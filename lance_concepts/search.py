@@ -980,7 +980,9 @@ def _read_image(path):
 
 def _concept_arithmetic(t: _Table, vec, *, centre: str, without: Sequence = (), with_: Sequence = (),
                         with_weight: float | None = None) -> tuple:
-    """Decompose ``vec``, zero ``without``, raise ``with_``, recompose. Returns (vector, info dict)."""
+    """Decompose ``vec``, zero ``without``, raise ``with_``, recompose in the centred concept space.
+
+    Returns (unit query vector, info dict with the query's concepts before and after)."""
     import numpy as np
     import scipy.sparse as sp
 
@@ -1006,7 +1008,18 @@ def _concept_arithmetic(t: _Table, vec, *, centre: str, without: Sequence = (), 
         "added": {names[j]: after.get(names[j], 0.0) for j in add},
         "centre": centre,
     }
-    return dec.recompose(W)[0], info
+    direction = np.asarray(W @ dec.dictionary_.astype(np.float64)).ravel()
+    norm = float(np.linalg.norm(direction))
+    if norm == 0.0:
+        raise InputError("nothing is left of the query after removing "
+                         f"{', '.join(names[j] for j in rm)}: its decomposition had no other concept")
+    # The query is the recomposition in SpLiCE's centred concept space, normalize(w @ D). SpLiCE adds
+    # the image mean back (normalize(. + image_mean)) to land in CLIP's space for zero-shot
+    # classification; for ranking by cosine that only adds image_mean . x to every row's score, which
+    # favours the most typical images and undoes the removal (measured on the demo set: "without
+    # red" still returned 59 red images of 60; with the centred query 25 of 60).
+    info["space"] = "centred concept space: normalize(w @ D)"
+    return (direction / norm).astype(np.float32), info
 
 
 def query_vector(db, query: str | None = None, *, image=None, vector=None, without: Sequence = (),
