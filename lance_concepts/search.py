@@ -1188,13 +1188,14 @@ class Searcher:
             return None, None
         return flt, relax_where(where, self.t.schema, self.resolver)
 
-    def _exact(self, vec, k, flt, select, vector_column):
-        """Exact cosine ranking of the rows that pass ``flt`` (few, by construction)."""
+    def _exact(self, vec, k, flt, select, vector_column, rows=None):
+        """Exact cosine ranking of the rows that pass ``flt`` (few, by construction), or of ``rows``."""
         import numpy as np
         import pyarrow as pa
 
-        cols = list(dict.fromkeys(select + [vector_column]))
-        rows = self.ds.to_table(columns=cols, filter=flt)
+        if rows is None:
+            cols = list(dict.fromkeys(select + [vector_column]))
+            rows = self.ds.to_table(columns=cols, filter=flt)
         vecs = rows.column(vector_column)
         valid = np.asarray(vecs.is_valid().to_numpy(zero_copy_only=False)) if rows.num_rows else np.zeros(0, bool)
         rows = rows.filter(pa.array(valid)) if not valid.all() else rows
@@ -1235,9 +1236,11 @@ class Searcher:
             res = self._ann(vec, want, flt, params, select, vector_column, prefilter=False)
             if res.num_rows >= k:
                 return res.slice(0, k), f"ann top {want}, then filter ({bound} candidates)"
-        few = self.ds.to_table(columns=[], with_row_id=True, filter=flt, limit=EXACT_MAX_ROWS + 1)
+        # evaluate the exact filter, stopping after EXACT_MAX_ROWS + 1 matches; few: rank them exactly
+        few = self.ds.to_table(columns=list(dict.fromkeys(select + [vector_column])), filter=flt,
+                               limit=EXACT_MAX_ROWS + 1)
         if few.num_rows <= EXACT_MAX_ROWS:
-            return self._exact(vec, k, flt, select, vector_column), f"exact over {few.num_rows} matching rows"
+            return self._exact(vec, k, flt, select, vector_column, rows=few), f"exact over {few.num_rows} matching rows"
         return self._ann(vec, k, flt, params, select, vector_column), f"ann with full prefilter ({bound} candidates)"
 
     def search(self, query: str | None = None, *, image=None, vector=None, where: str | None = None, k: int = 10,
@@ -1503,18 +1506,22 @@ def edit(db, remove_concepts: Sequence, into: str, *, labels_columns: Sequence[s
     """Remove concepts from every row's embedding (SpLiCE model editing) and store the result.
 
     Each row's stored decomposition has the weights of ``remove_concepts`` zeroed and is recomposed
-    (``normalize(normalize(w @ D) + image_mean)``); the edited unit vectors are written to the new
-    vector column ``into`` (null for rows without a decomposition). For each of ``labels_columns``,
-    zero-shot accuracy (prompts ``prompts.format(label)``, argmax cosine) is reported on the original
+    (``normalize(normalize(w @ D) + image_mean)``, faithful to SpLiCE); the edited unit vectors are
+    written to the new vector column ``into`` (null for rows without a decomposition) in one commit,
+    streaming over the table. For each of ``labels_columns``, zero-shot accuracy (prompts
+    ``template.format(label)``, argmax cosine, SpLiCE's check) is reported on the original
     embeddings, on the recompositions before the edit and after it.
 
-    ``prompts``: one template with ``{}`` for all label columns, or a mapping column -> template.
+    ``prompts``: one template with ``{}`` for all label columns, or a mapping column -> template
+    (key ``"*"``: the default). Default ``"a photo of a {}"``.
     """
     import json
     import time
 
+    import lance
     import numpy as np
     import pyarrow as pa
+    import pyarrow.compute as pc
     import scipy.sparse as sp
 
     from .store import IMAGE_COLUMNS, with_retries
@@ -1526,89 +1533,117 @@ def edit(db, remove_concepts: Sequence, into: str, *, labels_columns: Sequence[s
         raise InputError("name at least one concept to remove")
     if not isinstance(into, str) or not _COLUMN_NAME.match(into):
         raise InputError(f"--into must be a plain column name (letters, digits, _), got {into!r}")
+    labels_columns = list(dict.fromkeys(labels_columns))
     t = _Table(db, table, storage_options)
     if into in IMAGE_COLUMNS:
         raise InputError(f"column {into!r} belongs to the table layout; choose another name")
     if into in t.schema.names and not overwrite:
         raise InputError(f"column {into!r} already exists in table {table!r}; choose another name or overwrite")
+    if into in labels_columns:
+        raise InputError(f"column {into!r} is also a label column")
     for col in labels_columns:
         if col not in t.schema.names:
             raise InputError(f"unknown label column {col!r}; closest: {_closest(col, t.schema.names)}")
+    for col in ("id", "concept_ids", "concept_weights"):
+        if col not in t.schema.names:
+            raise InputError(f"table {table!r} has no {col!r} column: it was not decomposed into concepts")
     templates = {col: _prompt_for(prompts, col) for col in labels_columns}
     ids = t.concept_ids(remove_concepts)
     names = t.concept_names
     dec = t.decomposer("image")
-    c = dec.n_concepts_
+    c, d = dec.n_concepts_, dec.dim_
 
-    cols = ["id", "concept_ids", "concept_weights", "embedding"] + [x for x in labels_columns
-                                                                     if x not in ("id", "embedding")]
-    data = t.tbl.to_lance().to_table(columns=list(dict.fromkeys(cols)))
-    n = data.num_rows
-    ok = np.asarray(data.column("concept_ids").is_valid().to_numpy(zero_copy_only=False))
-    d = dec.dim_
-    edited = np.zeros((n, d), np.float32)
-    before = np.zeros((n, d), np.float32)
-    removed_mass = np.zeros(n, np.float64)
-    for s in range(0, n, batch_size):
-        part = data.slice(s, batch_size)
-        cid = part.column("concept_ids").combine_chunks()
-        cw = part.column("concept_weights").combine_chunks()
-        lens = np.asarray(pa.compute.fill_null(pa.compute.list_value_length(cid), 0).to_numpy(zero_copy_only=False))
-        rows = np.repeat(np.arange(len(part)), lens)
-        flat_ids = cid.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
-        flat_w = cw.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-        W = sp.csr_matrix((flat_w, (rows, flat_ids)), shape=(len(part), c), dtype=np.float32)
-        We = dec.intervene(W, ids)
-        removed_mass[s:s + len(part)] = np.asarray(W.sum(1)).ravel() - np.asarray(We.sum(1)).ravel()
-        before[s:s + len(part)] = dec.recompose(W)
-        edited[s:s + len(part)] = dec.recompose(We)
-
-    # accuracy before / after, per label column, on rows with a decomposition and a label
-    accuracy = {}
+    # zero-shot set-up: the classes of each label column and their prompt embeddings
+    ds = _dataset(t.tbl)
+    classes, text = {}, {}
     if labels_columns:
         enc = t.encoder(encoder)
-        emb_col = data.column("embedding").combine_chunks()
-        raw = np.zeros((n, d), np.float32)
-        valid_emb = np.asarray(emb_col.is_valid().to_numpy(zero_copy_only=False))
-        if valid_emb.any():
-            raw[valid_emb] = emb_col.filter(pa.array(valid_emb)).values.to_numpy(zero_copy_only=False).reshape(-1, d)
         for col in labels_columns:
-            labels = data.column(col).to_pylist()
-            use = ok & valid_emb & np.array([v is not None for v in labels])
-            y = [str(labels[i]) for i in np.flatnonzero(use)]
-            classes = sorted(set(y))
-            if len(classes) < 2:
+            values = ds.to_table(columns=[col], filter=f"{quote_identifier(col)} IS NOT NULL").column(col)
+            cl = sorted({str(v) for v in pc.unique(values).to_pylist()})
+            if len(cl) < 2:
                 raise InputError(f"label column {col!r} has fewer than two distinct labels")
-            T = enc.encode_text([templates[col].format(cl) for cl in classes])
-            counts = {cl: y.count(cl) for cl in classes}
-            accuracy[col] = {
-                "classes": len(classes), "rows": int(use.sum()), "chance": 1.0 / len(classes),
-                "majority": max(counts.values()) / len(y), "prompt": templates[col],
-                "clip": zero_shot_accuracy(raw[use], y, classes, T),
-                "before": zero_shot_accuracy(before[use], y, classes, T),
-                "after": zero_shot_accuracy(edited[use], y, classes, T),
-            }
-
-    # write the column (one commit: a join on id)
+            classes[col] = cl
+            T = enc.encode_text([templates[col].format(x) for x in cl]).astype(np.float64)
+            text[col] = T / np.maximum(np.linalg.norm(T, axis=1, keepdims=True), 1e-12)
+    stats = {col: {"rows": 0, "clip": 0, "before": 0, "after": 0, "counts": {}} for col in labels_columns}
+    totals = {"rows": 0, "touched": 0, "removed": 0.0}
     vec_type = pa.list_(pa.float32(), d)
-    arr = pa.FixedSizeListArray.from_arrays(pa.array(edited.reshape(-1)), d)
-    arr = pa.compute.if_else(pa.array(ok), arr, pa.nulls(n, vec_type)) if not ok.all() else arr
-    new = pa.table({"__edit_id": data.column("id"), into: arr.cast(vec_type)})
+    rm = np.asarray(ids, dtype=np.int64)
+
+    def predict(Z, col):
+        Z = np.asarray(Z, np.float64)
+        Z = Z / np.maximum(np.linalg.norm(Z, axis=1, keepdims=True), 1e-12)
+        return np.asarray(classes[col], dtype=object)[(Z @ text[col].T).argmax(1)]
+
+    def transform(batch: pa.RecordBatch) -> pa.RecordBatch:
+        n = batch.num_rows
+        cid, cw = batch.column("concept_ids"), batch.column("concept_weights")
+        ok = np.asarray(cid.is_valid().to_numpy(zero_copy_only=False)) if n else np.zeros(0, bool)
+        lens = np.asarray(pc.fill_null(pc.list_value_length(cid), 0).to_numpy(zero_copy_only=False)).astype(np.int64)
+        rows = np.repeat(np.arange(n), lens)
+        flat_ids = pc.list_flatten(cid).to_numpy(zero_copy_only=False).astype(np.int64)
+        flat_w = pc.list_flatten(cw).to_numpy(zero_copy_only=False).astype(np.float32)
+        W = sp.csr_matrix((flat_w, (rows, flat_ids)), shape=(n, c), dtype=np.float32)
+        hit = np.isin(flat_ids, rm)
+        removed = np.bincount(rows[hit], weights=flat_w[hit], minlength=n)
+        We = dec.intervene(W, ids)
+        edited = dec.recompose(We)
+        totals["rows"] += int(ok.sum())
+        totals["touched"] += int((removed > 0).sum())
+        totals["removed"] += float(removed[ok].sum())
+        if labels_columns:
+            emb = batch.column("embedding")
+            has_emb = np.asarray(emb.is_valid().to_numpy(zero_copy_only=False))
+            raw = np.zeros((n, d), np.float32)
+            if has_emb.any():
+                raw[has_emb] = pc.list_flatten(emb.filter(pa.array(has_emb))).to_numpy(
+                    zero_copy_only=False).reshape(-1, d)
+            before = dec.recompose(W)
+            for col in labels_columns:
+                lab = batch.column(col).to_pylist()
+                use = ok & has_emb & np.array([v is not None for v in lab], dtype=bool)
+                if not use.any():
+                    continue
+                y = np.asarray([str(lab[i]) for i in np.flatnonzero(use)], dtype=object)
+                st = stats[col]
+                st["rows"] += int(use.sum())
+                st["clip"] += int((predict(raw[use], col) == y).sum())
+                st["before"] += int((predict(before[use], col) == y).sum())
+                st["after"] += int((predict(edited[use], col) == y).sum())
+                for v in y:
+                    st["counts"][v] = st["counts"].get(v, 0) + 1
+        arr = pa.FixedSizeListArray.from_arrays(pa.array(edited.reshape(-1), pa.float32()), d)
+        if not ok.all():
+            arr = pc.if_else(pa.array(ok), arr, pa.nulls(n, vec_type))
+        return pa.RecordBatch.from_arrays([arr.cast(vec_type)], names=[into])
+
+    udf = lance.batch_udf(output_schema=pa.schema([pa.field(into, vec_type)]))(transform)
+    read = ["concept_ids", "concept_weights"] + (["embedding"] + labels_columns if labels_columns else [])
     if into in t.schema.names:
         with_retries(lambda: t.tbl.drop_columns([into]), f"drop column {into}")
-    with_retries(lambda: t.tbl.to_lance().merge(new, left_on="id", right_on="__edit_id"), f"write column {into}")
+        ds = _dataset(t.conn.open_table(table))
+    ds.add_columns(udf, read_columns=list(dict.fromkeys(read)), batch_size=int(batch_size))
+
+    accuracy = {}
+    for col, st in stats.items():
+        m = max(st["rows"], 1)
+        accuracy[col] = {"classes": len(classes[col]), "rows": st["rows"], "chance": 1.0 / len(classes[col]),
+                         "majority": max(st["counts"].values()) / m if st["counts"] else float("nan"),
+                         "prompt": templates[col], "clip": st["clip"] / m, "before": st["before"] / m,
+                         "after": st["after"] / m}
     edits = t.schema_json(EDITS_METADATA_KEY) or {}
     edits[into] = {"removed": {names[j]: j for j in ids}, "source_column": "embedding",
                    "method": "SpLiCE intervention: weights zeroed, normalize(normalize(w @ D) + image_mean)",
                    "model_fingerprint": t.meta.get("model_fingerprint"),
                    "vocabulary_digest": t.meta.get("vocabulary_digest"),
                    "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    ds = t.conn.open_table(table).to_lance()
+    ds = _dataset(t.conn.open_table(table))
     with_retries(lambda: ds.update_schema_metadata({EDITS_METADATA_KEY: json.dumps(edits, sort_keys=True)}),
                  f"metadata of {table}")
-    return EditReport(column=into, removed={names[j]: j for j in ids}, rows=int(ok.sum()),
-                      mean_removed_weight=float(removed_mass[ok].mean()) if ok.any() else 0.0,
-                      rows_touched=int((removed_mass > 0).sum()), accuracy=accuracy)
+    return EditReport(column=into, removed={names[j]: j for j in ids}, rows=totals["rows"],
+                      mean_removed_weight=totals["removed"] / max(totals["rows"], 1),
+                      rows_touched=totals["touched"], accuracy=accuracy)
 
 
 # =====================================================================================================
