@@ -187,8 +187,8 @@ def concept_mask(truth, n, cid, op, t):
     return m
 
 
-def run_query(tbl, q, k, where=None, params=None, prefilter=True, select=("id",)):
-    return _vector_query(tbl, q, k=k, where=where, params=params or {}, prefilter=prefilter,
+def run_query(ds, q, k, where=None, params=None, prefilter=True, select=("id",)):
+    return _vector_query(ds, q, k=k, where=where, params=params or {}, prefilter=prefilter,
                          vector_column="embedding", select=list(select))
 
 
@@ -204,6 +204,9 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rebuild", action="store_true")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--reuse-index", action="store_true",
+                    help="Keep a vector index of the requested kind if the table has one (no build time then).")
+    ap.add_argument("--no-sweep", action="store_true", help="Skip the query-parameter sweep.")
     args = ap.parse_args()
     import lancedb
 
@@ -263,41 +266,49 @@ def main():
         return len(set(got.tolist()) & set(want.tolist())) / len(want)
 
     # ---- exact search through LanceDB (no index) for the side-by-side baseline
+    ds = tbl.to_lance()
     flat = []
     for q in Q[:20]:
-        t0 = time.perf_counter(); run_query(tbl, q, 10, params={"index_type": None}); flat.append(time.perf_counter() - t0)
+        t0 = time.perf_counter(); run_query(ds, q, 10, params={"index_type": None}); flat.append(time.perf_counter() - t0)
     report["flat_query_ms"] = median_ms(flat)
     print("flat", report["flat_query_ms"], "ms", flush=True)
 
     report["indexes"] = {}
     for kind in [s.strip().upper() for s in args.index.split(",") if s.strip()]:
         p = index_params(n, args.dim, kind)
-        t0 = time.perf_counter()
-        build_vector_index(tbl, "embedding", p)
-        build_s = time.perf_counter() - t0
-        r = {"params": p, "build_s": round(build_s, 1)}
+        have = {ix.index_type for ix in tbl.list_indices() if list(ix.columns) == ["embedding"]}
+        lance_kind = {"IVF_PQ": "IvfPq", "IVF_HNSW_SQ": "IvfHnswSq"}[kind]
+        if args.reuse_index and lance_kind in have:
+            build_s = None
+        else:
+            t0 = time.perf_counter()
+            build_vector_index(tbl, "embedding", p)
+            build_s = round(time.perf_counter() - t0, 1)
+        tbl = db.open_table("images")
+        ds = tbl.to_lance()
+        r = {"params": p, "build_s": build_s}
         print(kind, p, "built in", r["build_s"], "s", flush=True)
         # warm-up (index cache)
         for q in Q[:5]:
-            run_query(tbl, q, 10, params=p)
+            run_query(ds, q, 10, params=p)
         # sweep query-time parameters
         if kind == "IVF_PQ":
             sweep = [{"nprobes": a, "refine_factor": b} for a in (10, 20, 40) for b in (None, 5, 10, 20)]
         else:
             sweep = [{"ef": e} for e in (50, 100, 200, 400)]
         r["sweep"] = []
-        for extra in sweep:
+        for extra in ([] if args.no_sweep else sweep):
             pp = dict(p, **extra)
             times, recs = [], []
             for q, want in zip(Q, truth_unf):
-                t0 = time.perf_counter(); res = run_query(tbl, q, 10, params=pp); times.append(time.perf_counter() - t0)
+                t0 = time.perf_counter(); res = run_query(ds, q, 10, params=pp); times.append(time.perf_counter() - t0)
                 recs.append(recall(id_of(res), want))
             r["sweep"].append({**extra, "recall@10": round(float(np.mean(recs)), 4), "median_ms": median_ms(times)})
             print("  ", r["sweep"][-1], flush=True)
         # defaults
         times, recs = [], []
         for q, want in zip(Q, truth_unf):
-            t0 = time.perf_counter(); res = run_query(tbl, q, 10, params=p); times.append(time.perf_counter() - t0)
+            t0 = time.perf_counter(); res = run_query(ds, q, 10, params=p); times.append(time.perf_counter() - t0)
             recs.append(recall(id_of(res), want))
         r["default"] = {"recall@10": round(float(np.mean(recs)), 4), "median_ms": median_ms(times),
                         "p90_ms": round(1000 * float(np.quantile(times, 0.9)), 2)}
@@ -310,6 +321,7 @@ def main():
         r["search_unfiltered_ms"] = median_ms(times)
         # concept-filtered queries: the product's plan vs single-strategy LanceDB queries
         r["filtered"] = {}
+        pooled = []
         for fname, (where, mask) in filters.items():
             sql = compile_where(where, tbl.schema, resolve)
             unindexed = sql.replace("[CAST(", "[CAST(CAST(").replace(" AS INT)]", " AS INT) AS BIGINT)]")
@@ -322,6 +334,7 @@ def main():
                 assert mask[got].all(), f"search {fname}: a returned row does not pass the filter"
                 recs.append(recall(got, want)); counts.append(len(got))
                 plans.add(json.loads(res.schema.metadata[b"query"])["plan"].split(" (")[0])
+            search_times = list(times)
             row["search()"] = {"median_ms": median_ms(times), "recall@10": round(float(np.mean(recs)), 4),
                                "min_rows": int(min(counts)), "expected_rows": int(min(10, mask.sum())),
                                "plans": sorted(plans)}
@@ -330,7 +343,7 @@ def main():
                                     ("lance postfilter", sql, False)):
                 times, recs, counts = [], [], []
                 for q, want in zip(FQ, truth_f[fname]):
-                    t0 = time.perf_counter(); res = run_query(tbl, q, 10, where=w_sql, params=p, prefilter=pre)
+                    t0 = time.perf_counter(); res = run_query(ds, q, 10, where=w_sql, params=p, prefilter=pre)
                     times.append(time.perf_counter() - t0)
                     got = id_of(res)
                     recs.append(recall(got, want)); counts.append(len(got))
@@ -350,7 +363,7 @@ def main():
                 extra = f" AND label = '{med_label}'" if fname == "medium" else ""
                 if ids:
                     w_sql = "id IN (" + ",".join(f"'{i}'" for i in ids) + ")" + extra
-                    got = id_of(run_query(tbl, q, 10, where=w_sql, params=p))
+                    got = id_of(run_query(ds, q, 10, where=w_sql, params=p))
                 else:
                     got = np.array([], dtype=np.int64)
                 times.append(time.perf_counter() - t0)
@@ -358,7 +371,9 @@ def main():
             row["postings ids, then id IN (...)"] = {"median_ms": median_ms(times),
                                                      "recall@10": round(float(np.mean(recs)), 4)}
             r["filtered"][fname] = row
+            pooled.extend(search_times)
             print("  ", fname, json.dumps(row), flush=True)
+        r["search_filtered_pooled_median_ms"] = median_ms(pooled)
         report["indexes"][kind] = r
     print(json.dumps(report, indent=1))
     if args.json:

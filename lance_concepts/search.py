@@ -40,10 +40,10 @@ import dataclasses
 import difflib
 import math
 import re
-from datetime import date, datetime
+from datetime import datetime
 from typing import Callable, Iterable, Mapping, Sequence
 
-from .errors import InputError, LanceConceptsError
+from .errors import InputError
 
 __all__ = [
     "search",
@@ -1057,9 +1057,6 @@ def query_vector(db, query: str | None = None, *, image=None, vector=None, witho
     return vec.astype(np.float32), info
 
 
-_HIDDEN_TYPES = ("fixed_size_list", "list", "large_list", "struct", "binary", "large_binary")
-
-
 def _visible_columns(schema, vector_column: str) -> list[str]:
     import pyarrow as pa
 
@@ -1072,9 +1069,6 @@ def _visible_columns(schema, vector_column: str) -> list[str]:
             continue
         out.append(f.name)
     return out
-
-
-CONCEPT_STRUCT = None  # set lazily: list<struct<concept: string, weight: float>>
 
 
 def _concept_struct_type():
