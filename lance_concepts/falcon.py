@@ -1356,6 +1356,7 @@ def falcon(db, features_column: str = "embedding", *, table: str = "images", voc
         return enc_box["enc"]
 
     names = store.schema.names
+    computed = None
     base = _read_columns(store, ["id", "uri", "status"])
     ids_all = np.asarray(base.column("id").to_pylist(), dtype=object)
     uris_all = base.column("uri").to_pylist() if "uri" in base.schema.names else [None] * base.num_rows
@@ -1370,9 +1371,13 @@ def falcon(db, features_column: str = "embedding", *, table: str = "images", voc
         if "status" in base.schema.names:
             ok_rows = np.flatnonzero(np.asarray(base.column("status").to_pylist(), dtype=object) == "ok")
         feats = _features_in_batches(model, load_all, ok_rows, transform, features_layer, device)
-        add_features_column(store, ids_all[ok_rows], feats, features_column)
-        names = store.refresh().schema.names
-        notes.append(f"computed the model's pre-classifier features into column {features_column!r}")
+        if write:
+            add_features_column(store, ids_all[ok_rows], feats, features_column, _model_digest(model))
+            names = store.refresh().schema.names
+            notes.append(f"computed the model's pre-classifier features into column {features_column!r}")
+        else:
+            notes.append("computed the model's pre-classifier features (not stored: write=False)")
+            computed = (ok_rows, feats)
     cols = ["id", features_column] + (["status"] if "status" in names else [])
     if features_column != "embedding" and "embedding" in names:
         cols.append("embedding")
@@ -1383,10 +1388,15 @@ def falcon(db, features_column: str = "embedding", *, table: str = "images", voc
             raise InputError(f"table {table!r} has no caption column {caption_column!r}")
         cols.append(caption_column)
     data = _read_columns(store, cols)
-    valid, R = _vectors(data.column(features_column), features_column)
-    if "status" in data.schema.names:
-        valid &= np.asarray(data.column("status").to_pylist(), dtype=object) == "ok"
-        _, R = _vectors(data.column(features_column).filter(valid), features_column)
+    if computed is not None:
+        valid = np.zeros(data.num_rows, dtype=bool)
+        valid[computed[0]] = True
+        R = computed[1]
+    else:
+        valid, R = _vectors(data.column(features_column), features_column)
+        if "status" in data.schema.names:
+            valid &= np.asarray(data.column("status").to_pylist(), dtype=object) == "ok"
+            _, R = _vectors(data.column(features_column).filter(valid), features_column)
     rows = np.flatnonzero(valid)
     if len(rows) == 0:
         raise InputError(f"column {features_column!r} of table {table!r} holds no vectors")
