@@ -429,13 +429,14 @@ def filter_cmd(db, concepts, min_weight, match_any, limit, columns, plot, table,
 @click.option("--min-change", default=0.10, show_default=True, help="Alert only for |prevalence change| >= this.")
 @click.option("--min-support", default=10, show_default=True, help="Test concepts seen in at least N images.")
 @click.option("--where", default=None, help="Extra SQL condition on images (your own SQL).")
+@click.option("--weight-intervals", is_flag=True, help="Also 95% intervals of the mean weights (slower).")
 @click.option("--materialize", is_flag=True, help="Copy the tables into DuckDB first.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="PNG: curves with 95% intervals.")
 @_TABLE_OPTION
 @_FORMAT_OPTION
 @_OUTPUT_OPTION
 def drift_cmd(db, time_column, every, concepts, top, reference, min_weight, alpha, min_change, min_support, where,
-              materialize, plot, table, fmt, output):
+              weight_intervals, materialize, plot, table, fmt, output):
     """Concept prevalence (Wilson 95%) and mean weight per time window; change tests against the
     reference window with Benjamini-Hochberg control; alerts; rising and falling concepts; the
     Jensen-Shannon divergence of each window's concept distribution from the reference."""
@@ -443,7 +444,7 @@ def drift_cmd(db, time_column, every, concepts, top, reference, min_weight, alph
 
     res = drift(db, time_column, every, concepts=_split_names(concepts) or None, top=top, reference=reference,
                 min_weight=min_weight, alpha=alpha, min_change=min_change, min_support=min_support, where=where,
-                materialize=materialize, table=table)
+                weight_intervals=weight_intervals or bool(plot), materialize=materialize, table=table)
     _emit(res.table, fmt, output, res.summary())
     if plot:
         res.plot(plot)

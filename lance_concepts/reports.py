@@ -75,9 +75,10 @@ LABEL_MATCH_THRESHOLD = 0.6
 #: ... and only among the label's nearest concepts, so that a text tower that crowds many words together
 #: (the tiny demo model puts 'circle', 'dot', 'hexagon' and 'heart' within 0.05) cannot drop dozens.
 LABEL_MATCH_NEIGHBOURS = 5
-#: Above this many matches, ``filter`` joins the images view in DuckDB instead of looking ids up in
-#: the BTREE index on ``images.id`` (index lookups cost ~25 us/id at 1M rows; a scan ~40-100 ms).
-_LOOKUP_MAX = 2000
+#: Above this many matches, ``filter`` fetches the image rows with one filtered scan of ``images.id``
+#: instead of BTREE index lookups (measured at 1M rows: ~25-40 us per looked-up id, the scan ~200 ms
+#: on the loaded 2-core machine, about equal at 5,000 ids).
+_LOOKUP_MAX = 5000
 
 
 # ============================================================================================ stats
@@ -487,10 +488,13 @@ def _filter(con, names, thr, match, limit, columns) -> pa.Table:
     if not cols:
         return hits.rename_columns(["id"] + hits.column_names[1:])
     ds = st.sources.get("images")
-    if hits.num_rows <= _LOOKUP_MAX and ds is not None and not st.materialized:
+    if ds is not None and not st.materialized:
         import pyarrow.compute as pc
 
-        rows = ds.to_table(columns=["id"] + cols, filter=pc.field("id").isin(hits.column("image_id")))
+        # few ids: the BTREE index on images.id; many: one scan of the id column with the set as a
+        # filter (Lance reads the other columns only for the matching rows)
+        rows = ds.to_table(columns=["id"] + cols, filter=pc.field("id").isin(hits.column("image_id")),
+                           use_scalar_index=hits.num_rows <= _LOOKUP_MAX)
         pos = pc.index_in(hits.column("image_id"), value_set=rows.column("id"))
         joined = hits
         for c in cols:
@@ -555,7 +559,8 @@ class DriftResult:
 def drift(db, time_column: str = "timestamp", every: str = "month", *, concepts: Sequence[str] | None = None,
           top: int = 10, reference: str | None = None, min_weight: float = 0.0, alpha: float = 0.05,
           min_change: float = 0.10, min_support: int = 10, n_trend: int = 5, where: str | None = None,
-          params: Mapping[str, Any] | None = None, materialize: bool = False, table: str = "images") -> DriftResult:
+          params: Mapping[str, Any] | None = None, weight_intervals: bool = False, materialize: bool = False,
+          table: str = "images") -> DriftResult:
     """Concept prevalence and mean weight per time window, and what changed.
 
     ``time_column``: a timestamp/date column of ``images``; ``every``: day | week | month | quarter |
@@ -569,6 +574,8 @@ def drift(db, time_column: str = "timestamp", every: str = "month", *, concepts:
     of at least ``min_change`` (absolute). ``rising`` / ``falling``:
     the ``n_trend`` concepts whose prevalence changed most between the reference and the last window.
     ``where``: optional SQL condition on ``images`` (with ``$name`` parameters in ``params``).
+    ``weight_intervals``: also the 95% intervals of the mean weights (one more sum per posting: about
+    a third slower at a million images; the columns are null without it).
     """
     con, owned = _open(db, materialize=materialize, table=table)
     try:
@@ -578,7 +585,7 @@ def drift(db, time_column: str = "timestamp", every: str = "month", *, concepts:
             raise InputError(f"--every must be one of {', '.join(_sql.WINDOWS)}; got {every!r}")
         chosen = [st.names.id(c) for c in _as_list(concepts)]
         ct = _sql.concept_crosstab(con, time_column, every=every, where=where, params=params,
-                                   min_weight=min_weight, second_moment=True)
+                                   min_weight=min_weight, second_moment=weight_intervals)
         if not ct.groups:
             raise InputError(f"no images with concepts and a {time_column!r} value"
                              + (" matching the condition" if where else ""))
@@ -658,7 +665,11 @@ def _drift_from_crosstab(ct, names, time_column, every, chosen, top, reference, 
                 sel.append(cid)
     sel_a = np.array(sel, dtype=np.int64)
     lo, hi = wilson_interval(ct.present[:, sel_a], n[:, None])
-    mean, mlo, mhi = _mean_interval(ct.weight_sum[:, sel_a], ct.weight_sq[:, sel_a], n[:, None])
+    if ct.weight_sq is not None:
+        mean, mlo, mhi = _mean_interval(ct.weight_sum[:, sel_a], ct.weight_sq[:, sel_a], n[:, None])
+    else:
+        mean = ct.weight_sum[:, sel_a] / np.maximum(n[:, None], 1)
+        mlo = mhi = np.full(mean.shape, np.nan)
     alert_set = {(a["concept"]) for a in alerts}
     rows = {k: [] for k in ("window", "window_start", "concept", "n_images", "n_present", "prevalence",
                             "prevalence_low", "prevalence_high", "mean_weight", "mean_weight_low", "mean_weight_high",
@@ -674,8 +685,8 @@ def _drift_from_crosstab(ct, names, time_column, every, chosen, top, reference, 
             rows["prevalence_low"].append(float(lo[g, j]))
             rows["prevalence_high"].append(float(hi[g, j]))
             rows["mean_weight"].append(float(mean[g, j]))
-            rows["mean_weight_low"].append(float(mlo[g, j]))
-            rows["mean_weight_high"].append(float(mhi[g, j]))
+            rows["mean_weight_low"].append(None if np.isnan(mlo[g, j]) else float(mlo[g, j]))
+            rows["mean_weight_high"].append(None if np.isnan(mhi[g, j]) else float(mhi[g, j]))
             rows["change"].append(float(change[g, c]))
             rows["p_value"].append(float(pvals[g, c]) if g != r else None)
             rows["q_value"].append(float(qvals[g, c]) if g != r else None)
@@ -1130,16 +1141,14 @@ _COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e
 
 
 def _line_colours(concepts: Sequence[str]) -> list:
-    """One colour per concept; a concept that names a colour ('red') is drawn in that colour."""
-    from matplotlib import colors as mcolors
-
+    """One colour per concept; a concept that names a colour ('red', 'red rose') is drawn in it."""
     named = {"red": "#d62728", "green": "#2ca02c", "blue": "#1f77b4", "orange": "#ff7f0e", "purple": "#9467bd",
              "brown": "#8c564b", "pink": "#e377c2", "grey": "#7f7f7f", "gray": "#7f7f7f", "yellow": "#d4b000",
              "black": "#222222", "white": "#bbbbbb", "olive": "#bcbd22", "cyan": "#17becf"}
     out, used = [], set()
     for c in concepts:
-        key = str(c).strip().lower()
-        col = named.get(key) or (mcolors.CSS4_COLORS.get(key) if key in mcolors.CSS4_COLORS else None)
+        words = str(c).strip().lower().split()
+        col = named.get(" ".join(words)) or (named.get(words[0]) if words else None)  # 'red rose' -> red
         if col is not None and col not in used:
             out.append(col)
             used.add(col)
@@ -1171,8 +1180,8 @@ def _plot_drift(res: DriftResult, path, max_concepts: int = 8):
         lo = np.array([t["prevalence_low"][i] for i in idx])
         hi = np.array([t["prevalence_high"][i] for i in idx])
         mw = np.array([t["mean_weight"][i] for i in idx])
-        mlo = np.array([t["mean_weight_low"][i] for i in idx])
-        mhi = np.array([t["mean_weight_high"][i] for i in idx])
+        mlo = np.array([t["mean_weight_low"][i] for i in idx], dtype=float)
+        mhi = np.array([t["mean_weight_high"][i] for i in idx], dtype=float)
         al = np.array([t["alert"][i] for i in idx], dtype=bool)
         lw = 2.4 if c in alert_concepts else 1.4
         label = c + ("  (alert)" if c in alert_concepts else "")
@@ -1181,7 +1190,8 @@ def _plot_drift(res: DriftResult, path, max_concepts: int = 8):
         if al.any():
             ax_p.plot(xs[al], p[al], "o", ms=8, mfc="none", mec=col, mew=1.6)
         ax_w.plot(xs, mw, "-", color=col, lw=lw)
-        ax_w.fill_between(xs, mlo, mhi, color=col, alpha=0.15, lw=0)
+        if np.isfinite(mlo).any():
+            ax_w.fill_between(xs, np.clip(mlo, 0, None), mhi, color=col, alpha=0.15, lw=0)
     ref_i = x_labels.index(res.reference)
     for ax in (ax_p, ax_w, ax_j):
         ax.axvline(ref_i, color="#999999", ls=":", lw=1)
@@ -1195,7 +1205,8 @@ def _plot_drift(res: DriftResult, path, max_concepts: int = 8):
     ax_p.set_title(f"Concept prevalence per {res.every} (weight > {thr:g}), 95% Wilson intervals; "
                    f"circles: alert vs reference {res.reference}", fontsize=10, loc="left")
     ax_w.set_ylabel("mean weight")
-    ax_w.set_title("Mean concept weight, 95% intervals", fontsize=10, loc="left")
+    has_ci = any(v is not None for v in t["mean_weight_low"])
+    ax_w.set_title("Mean concept weight" + (", 95% intervals" if has_ci else ""), fontsize=10, loc="left")
     js = [res.js[w] for w in x_labels]
     ax_j.bar(xs, js, color="#555555", width=0.6)
     ax_j.set_ylabel("JS div.\n(bits)")
@@ -1234,8 +1245,9 @@ def _plot_spurious(res: SpuriousResult, path, max_labels: int = 6, per_label: in
         ax.set_yticks(ys)
         ax.set_yticklabels([r["concept"] for r in rs], fontsize=9)
         for y, r in zip(ys, rs):
-            ax.text(r["prevalence"] + 0.01, y + 0.2, f"x{r['lift']:.1f}", va="center", fontsize=8)
-        ax.set_xlim(0, 1.12)
+            ax.text(r["prevalence"], y + 0.2, f" x{r['lift']:.1f}", va="center", fontsize=8)
+        top_p = max([r["prevalence"] for r in rs] + [r["prevalence_other"] for r in rs] + [0.01])
+        ax.set_xlim(0, min(1.12, max(0.2, top_p * 1.3)))
         ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
         ax.set_title(f"{res.label_column} = {lab}  (n={res.label_counts.get(lab, '?')})", fontsize=10, loc="left")
         ax.legend(fontsize=8, frameon=False, loc="lower right")
@@ -1356,7 +1368,8 @@ def report(db, html, *, time_column: str | None = "timestamp", every: str = "mon
                  f"<code>{_html.escape(st.table)}</code>, generated {_dt.datetime.now().isoformat(timespec='seconds')}"
                  "</p>", "<h2>Summary</h2>", summary]
         if time_column and time_column in cols:
-            res = drift(con, time_column, every, top=top, min_weight=min_weight, alpha=alpha, min_change=min_change)
+            res = drift(con, time_column, every, top=top, min_weight=min_weight, alpha=alpha, min_change=min_change,
+                        weight_intervals=True)
             parts += ["<h2>Drift over time</h2>", f"<pre>{_html.escape(res.summary())}</pre>",
                       f"<img alt='drift' src='{_fig_data_uri(res.plot)}'>",
                       "<h3>Per window</h3>",

@@ -606,6 +606,21 @@ class _Accumulator:
     def _codes(self, cols: list[pa.Array]) -> np.ndarray:
         """Global group code per row (-1 where any group column is null)."""
         n = len(cols[0])
+        if len(cols) == 1:  # one column: map the batch dictionary straight to global codes
+            col = cols[0].combine_chunks() if isinstance(cols[0], pa.ChunkedArray) else cols[0]
+            enc = col.dictionary_encode()
+            mapping = np.empty(len(enc.dictionary) + 1, np.int64)
+            for j, val in enumerate(enc.dictionary.to_pylist()):
+                gi = self.index.get(val)
+                if gi is None:
+                    gi = self.index[val] = len(self.values)
+                    self.values.append(val)
+                mapping[j] = gi
+            mapping[-1] = -1
+            idx = np.asarray(enc.indices.fill_null(len(enc.dictionary)), dtype=np.int64)
+            self.dropped += int(enc.indices.null_count)
+            self._grow(len(self.values))
+            return mapping[idx]
         combined = np.zeros(n, np.int64)
         valid = np.ones(n, bool)
         uniques = []
@@ -704,7 +719,7 @@ def _numba_kernel():
             import numba
 
             @numba.njit(cache=True, nogil=True)
-            def kernel(codes, off, cids, w, C, thr, present, wsum, wsq, second):  # pragma: no cover - jitted
+            def _k1(codes, off, cids, w, C, thr, present, wsum):  # pragma: no cover - jitted
                 for i in range(codes.shape[0]):
                     g = codes[i]
                     if g < 0:
@@ -716,8 +731,27 @@ def _numba_kernel():
                         if x > thr:
                             present[k] += 1
                         wsum[k] += x
-                        if second:
-                            wsq[k] += x * x
+
+            @numba.njit(cache=True, nogil=True)
+            def _k2(codes, off, cids, w, C, thr, present, wsum, wsq):  # pragma: no cover - jitted
+                for i in range(codes.shape[0]):
+                    g = codes[i]
+                    if g < 0:
+                        continue
+                    base = g * C
+                    for j in range(off[i], off[i + 1]):
+                        k = base + cids[j]
+                        x = w[j]
+                        if x > thr:
+                            present[k] += 1
+                        wsum[k] += x
+                        wsq[k] += x * x
+
+            def kernel(codes, off, cids, w, C, thr, present, wsum, wsq, second):
+                if second:
+                    _k2(codes, off, cids, w, C, thr, present, wsum, wsq)
+                else:
+                    _k1(codes, off, cids, w, C, thr, present, wsum)
         except Exception:  # numba missing or broken: numpy path
             kernel = None
     _KERNEL.append(kernel)

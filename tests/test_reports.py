@@ -28,7 +28,7 @@ def world_db(tmp_path_factory, world_rows):
 
 @pytest.fixture(scope="session")
 def drift_res(world_db):
-    return R.drift(world_db, "timestamp", "month", top=6)
+    return R.drift(world_db, "timestamp", "month", top=6, weight_intervals=True)
 
 
 @pytest.fixture(scope="session")
@@ -132,7 +132,7 @@ def test_filter_bad_input(world_db):
         R.filter(world_db, [])
 
 
-def test_filter_large_result_uses_join(world_db, world_rows, monkeypatch):
+def test_filter_large_result_uses_scan(world_db, world_rows, monkeypatch):
     monkeypatch.setattr(R, "_LOOKUP_MAX", 3)
     a = R.filter(world_db, "grass", 0.05, columns=["uri", "label"])
     monkeypatch.setattr(R, "_LOOKUP_MAX", 10**9)
