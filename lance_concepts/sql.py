@@ -590,6 +590,9 @@ class _Accumulator:
         self.wsum = np.zeros((0, self.C), np.float64)
         self.wsq = np.zeros((0, self.C), np.float64) if second_moment else None
         self.dropped = 0
+        # with the numba kernel, the rows of a batch are split over threads with private sums
+        self.threads = _threads() if _numba_kernel() is not None else 1
+        self.extra: list[list[np.ndarray]] = [[] for _ in range(self.threads - 1)]
 
     def _grow(self, G: int):
         if G <= self.cap:
@@ -601,7 +604,28 @@ class _Accumulator:
         self.wsum = np.vstack([self.wsum, np.zeros((pad, self.C))])
         if self.second:
             self.wsq = np.vstack([self.wsq, np.zeros((pad, self.C))])
+        for ex in self.extra:
+            if ex:
+                ex[:] = [np.vstack([a, np.zeros((pad, self.C), a.dtype)]) for a in ex]
         self.cap = new
+
+    def _arrays(self, t: int) -> list[np.ndarray]:
+        if t == 0:
+            return [self.present, self.wsum, self.wsq if self.second else np.zeros((1, 1))]
+        ex = self.extra[t - 1]
+        if not ex:
+            ex[:] = [np.zeros_like(self.present), np.zeros_like(self.wsum),
+                     np.zeros_like(self.wsq) if self.second else np.zeros((1, 1))]
+        return ex
+
+    def _fold(self) -> None:
+        for ex in self.extra:
+            if ex:
+                self.present += ex[0]
+                self.wsum += ex[1]
+                if self.second:
+                    self.wsq += ex[2]
+                ex.clear()
 
     def _codes(self, cols: list[pa.Array]) -> np.ndarray:
         """Global group code per row (-1 where any group column is null)."""
@@ -679,9 +703,26 @@ class _Accumulator:
         if not cids.size:
             return
         kernel = _numba_kernel()
-        if kernel is not None:  # one fused pass (optional accelerator)
-            kernel(codes, off - off[0], cids, w, C, self.thr, self.present.reshape(-1), self.wsum.reshape(-1),
-                   self.wsq.reshape(-1) if self.second else np.zeros(1), self.second)
+        if kernel is not None:  # one fused pass (optional accelerator), rows split over threads
+            rel = off - off[0]
+            T = self.threads if len(codes) >= 4096 else 1
+            cuts = np.linspace(0, len(codes), T + 1).astype(np.int64)
+
+            def run(t):
+                a, b = cuts[t], cuts[t + 1]
+                pr, ws_, sq = self._arrays(t)
+                kernel(codes[a:b], rel[a:b + 1], cids, w, C, self.thr, pr.reshape(-1), ws_.reshape(-1),
+                       sq.reshape(-1), self.second)
+
+            if T == 1:
+                run(0)
+            else:
+                for t in range(1, T):
+                    self._arrays(t)  # allocate in this thread
+                futs = [_pool().submit(run, t) for t in range(1, T)]
+                run(0)
+                for f in futs:
+                    f.result()
             return
         rep = np.repeat(codes, np.diff(off))
         if not ok_rows.all():
@@ -697,6 +738,7 @@ class _Accumulator:
         self.present += np.bincount(key, minlength=size).reshape(self.cap, C)
 
     def result(self, engine: str) -> Crosstab:
+        self._fold()
         G = len(self.values)
         order = np.array(sorted(range(G), key=lambda i: _sort_key(self.values[i])), dtype=np.int64)
         return Crosstab(groups=[self.values[i] for i in order], n=self.n[:G][order],
@@ -706,6 +748,23 @@ class _Accumulator:
 
 
 _KERNEL: list = []
+_POOL: list = []
+
+
+def _threads() -> int:
+    try:
+        return max(1, int(os.environ.get("LANCE_CONCEPTS_THREADS", "0"))) if os.environ.get(
+            "LANCE_CONCEPTS_THREADS") else max(1, min(os.cpu_count() or 1, 4))
+    except ValueError:
+        return 1
+
+
+def _pool():
+    if not _POOL:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL.append(ThreadPoolExecutor(max_workers=max(1, _threads() - 1), thread_name_prefix="lc-crosstab"))
+    return _POOL[0]
 
 
 def _numba_kernel():
