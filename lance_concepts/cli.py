@@ -579,15 +579,19 @@ def search_cmd(db, query, image, where, k, without, with_, with_weight, vector_c
               help="auto: exact IVF_FLAT below 5,000 rows, else IVF_PQ (parameters from the table size).")
 @click.option("--column", default="embedding", show_default=True, help="Vector column to index.")
 @click.option("--no-scalar", is_flag=True, help="Only the vector index, not the scalar indexes filters use.")
+@click.option("--lancedb-search", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Record the table's model for plain lancedb `table.search(\"text\")` (writers must then "
+                   "import lance_concepts); auto: when the project's writers support it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def index_cmd(db, table, index_type, column, no_scalar, as_json):
+def index_cmd(db, table, index_type, column, no_scalar, lancedb_search, as_json):
     """Build the vector index and the scalar indexes concept filters use (LABEL_LIST on concept_ids,
     BTREE/BITMAP on ids and metadata), and register the table's model for LanceDB text search."""
     import json
 
     from .search import index as run_index
 
-    report = run_index(db, table, index_type=index_type, column=column, scalar=not no_scalar)
+    report = run_index(db, table, index_type=index_type, column=column, scalar=not no_scalar,
+                       lancedb_search={"auto": "auto", "on": True, "off": False}[lancedb_search])
     if as_json:
         click.echo(json.dumps(report, indent=1, default=str))
         return
@@ -601,6 +605,8 @@ def index_cmd(db, table, index_type, column, no_scalar, as_json):
     if report.get("embedding_function"):
         click.echo(f"registered {report['embedding_function']!r}: after `import lance_concepts`, "
                    "lancedb's table.search(\"text\") embeds with this table's model")
+    elif report.get("embedding_function_note"):
+        click.echo(f"LanceDB text search: {report['embedding_function_note']}")
 
 
 @main.command("edit")
