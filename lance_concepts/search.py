@@ -1040,8 +1040,8 @@ def query_vector(db, query: str | None = None, *, image=None, vector=None, witho
         vec = np.asarray(vector, dtype=np.float32).reshape(-1)
         kind = "image"
     elif image is not None:
-        enc = t.encoder(encoder)
-        vec = enc.encode_images([_read_image(image)])[0]
+        picture = _read_image(image)  # a bad path fails before the model loads
+        vec = t.encoder(encoder).encode_images([picture])[0]
         kind = "image"
     else:
         if not isinstance(query, str) or not query.strip():
@@ -1370,16 +1370,42 @@ def _metadata_index_plan(t: _Table, skip: Iterable[str]) -> dict:
     return plan
 
 
+def lancedb_registration_ready() -> tuple[bool, str]:
+    """Whether recording the embedding function in a table's metadata is safe for the project's writers.
+
+    LanceDB looks the recorded function up on every write to the table (``add``, ``merge_insert``): a
+    process that has not registered it fails with ``KeyError: 'lance-concepts-clip'``; and LanceDB
+    then validates the vector column (rejecting the null vectors of error rows) and tries to compute
+    it for writes that leave it out (column-subset updates fail on the missing source column). Safe
+    when ``import lance_concepts`` registers the function and store.py writes through the Lance
+    dataset API, which ignores LanceDB's embedding functions.
+    """
+    import importlib
+
+    pkg = importlib.import_module(__name__.rsplit(".", 1)[0])
+    if not hasattr(pkg, "_install_lancedb_hook"):
+        return False, ("lance_concepts/__init__.py does not register the embedding function at import "
+                       "(processes writing the table would fail with KeyError 'lance-concepts-clip')")
+    store = importlib.import_module(__name__.rsplit(".", 1)[0] + ".store")
+    if not getattr(store, "WRITES_BYPASS_LANCEDB_EMBEDDINGS", False):
+        return False, ("store.py writes through LanceDB's embedding-function path (error rows' null vectors "
+                       "and column-subset updates would be rejected)")
+    return True, ""
+
+
 def index(db, table: str = "images", *, index_type: str = "auto", column: str = "embedding",
-          scalar: bool = True, storage_options=None) -> dict:
+          scalar: bool = True, lancedb_search: bool | str = "auto", storage_options=None) -> dict:
     """Build the ANN index on ``column`` and the scalar indexes the filters use.
 
     ``index_type``: ``auto`` (exact ``IVF_FLAT`` below 5,000 rows, else IVF_PQ), ``IVF_PQ``,
     ``IVF_HNSW_SQ`` or ``IVF_FLAT``; parameters come from :func:`index_params`. Scalar indexes:
     LABEL_LIST on ``concept_ids``, BTREE on ``id``, the postings table's concept index (store.py), and
-    BITMAP/BTREE on the metadata columns. Also records the table's CLIP model in LanceDB's embedding-
-    function metadata (``table.search("text")`` for plain lancedb users; see
-    :func:`register_embedding_function`). Returns a report dict.
+    BITMAP/BTREE on the metadata columns.
+
+    ``lancedb_search``: record the table's CLIP model in LanceDB's embedding-function metadata, so that
+    plain lancedb users can ``table.search("text")`` (see :func:`register_embedding_function`).
+    ``"auto"`` records it when :func:`lancedb_registration_ready` says the project's writers cope with
+    it, ``True`` always, ``False`` never (and removes it). Returns a report dict.
     """
     import json
     import time
@@ -1416,9 +1442,21 @@ def index(db, table: str = "images", *, index_type: str = "auto", column: str = 
     recorded = t.schema_json(INDEX_METADATA_KEY) or {}
     recorded[column] = {**params, "rows": n}
     payload = {INDEX_METADATA_KEY: json.dumps(recorded, sort_keys=True)}
-    if column == "embedding" and t.meta.get("model_name"):
-        payload["embedding_functions"] = json.dumps(embedding_function_metadata(t.meta, vector_column=column))
-        report["embedding_function"] = EMBEDDING_FUNCTION_NAME
+    if column == "embedding":
+        if lancedb_search not in (True, False, "auto"):
+            raise InputError(f"lancedb_search must be True, False or 'auto', got {lancedb_search!r}")
+        ready, why = lancedb_registration_ready()
+        record = bool(t.meta.get("model_name")) and (lancedb_search is True or (lancedb_search == "auto" and ready))
+        if record:
+            payload["embedding_functions"] = json.dumps(embedding_function_metadata(t.meta, vector_column=column))
+            report["embedding_function"] = EMBEDDING_FUNCTION_NAME
+        else:
+            if (t.schema.metadata or {}).get(b"embedding_functions") is not None:
+                payload["embedding_functions"] = None  # removes the key
+            report["embedding_function"] = None
+            report["embedding_function_note"] = (
+                "not recorded: " + ("switched off" if lancedb_search is False else
+                                    "the table records no model" if not t.meta.get("model_name") else why))
     ds = t.tbl.to_lance()
     with_retries(lambda: ds.update_schema_metadata(payload), f"metadata of {table}")
     return report
@@ -1709,19 +1747,10 @@ def register_embedding_function() -> None:
             raise TypeError("lance-concepts-clip embeds a text string or a PIL image")
 
         def compute_source_embeddings(self, sources, *args, **kwargs) -> List:
-            """Embeddings for image paths (rows whose image cannot be read get ``None``)."""
-            import os
-
-            enc = self._encoder()
-            out = []
-            for uri in self.sanitize_input(sources):
-                try:
-                    if uri is None or not os.path.isfile(str(uri)):
-                        raise InputError("not a readable file")
-                    out.append(enc.encode_images([_read_image(str(uri))])[0])
-                except InputError:
-                    out.append(None)
-            return out
+            """Always ``None``: image embeddings come from ``lance-concepts ingest`` (decode workers,
+            error rows, concept decomposition), never from LanceDB's write path. A row written through
+            plain lancedb without a vector keeps a null one, like an error row."""
+            return [None] * len(self.sanitize_input(sources))
 
     LanceConceptsCLIP.__module__ = __name__
     registry.register(EMBEDDING_FUNCTION_NAME)(LanceConceptsCLIP)

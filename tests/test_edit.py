@@ -76,7 +76,7 @@ def demo_db(tmp_path_factory):
     vocab.write_text("\n".join(world_vocabulary()) + "\n")
     db = str(root / "demo.lancedb")
     ingest(str(manifest), db, model="demo", vocab=str(vocab), quiet=True, workers=1)
-    index(db)
+    index(db, lancedb_search=True)
     return db, manifest
 
 

@@ -347,6 +347,10 @@ def test_search_argument_errors(db):
         search(path, vector=q, vector_column="label")
     with pytest.raises(WhereError, match="closest"):
         search(path, vector=q, where="concept('snwo') > 0.1")
+    with pytest.raises(InputError, match="unknown open_clip model 'test-model'"):
+        search(path, "a dog")  # the table's recorded model cannot be loaded: a clear error
+    with pytest.raises(InputError, match="cannot read the query image"):
+        search(path, image=__file__)
 
 
 # ---------------------------------------------------------------------------- the ANN index keeps every match
@@ -354,8 +358,9 @@ def test_search_argument_errors(db):
 def big_db(tmp_path_factory):
     """3,000 rows with a real IVF_PQ index; 'dog' is on exactly 3 rows."""
     path, truth = make_db(tmp_path_factory.mktemp("search-ivf") / "db.lancedb", n=3000, seed=3)
-    report = index(path, index_type="IVF_PQ")
+    report = index(path, index_type="IVF_PQ", lancedb_search=True)
     assert report["vector_index"]["index_type"] == "IVF_PQ"
+    assert report["embedding_function"] == "lance-concepts-clip"
     return path, truth
 
 
@@ -400,6 +405,26 @@ def test_index_report_and_metadata(big_db):
     funcs = json.loads(tbl.schema.metadata[b"embedding_functions"])
     assert funcs[0]["name"] == "lance-concepts-clip"
     assert funcs[0]["model"] == {"model": "test-model", "pretrained": None, "fingerprint": "f" * 20, "device": "auto"}
+
+
+def test_lancedb_registration_is_recorded_only_when_writers_cope(db):
+    """'auto' records the embedding function only when the project's writers can live with it."""
+    import lancedb
+
+    from lance_concepts.search import lancedb_registration_ready
+
+    path, _ = db
+    ready, why = lancedb_registration_ready()
+    report = index(path, lancedb_search="auto")
+    meta = lancedb.connect(path).open_table("images").schema.metadata
+    assert (b"embedding_functions" in meta) == ready
+    if not ready:
+        assert report["embedding_function"] is None and why in report["embedding_function_note"]
+    index(path, lancedb_search=True)
+    assert b"embedding_functions" in lancedb.connect(path).open_table("images").schema.metadata
+    report = index(path, lancedb_search=False)
+    assert b"embedding_functions" not in lancedb.connect(path).open_table("images").schema.metadata
+    assert report["embedding_function_note"] == "not recorded: switched off"
 
 
 def test_index_params_scale_with_the_table():
