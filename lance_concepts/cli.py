@@ -247,7 +247,7 @@ def _storage_options(pairs):
               help="Concept vocabulary: 'default', 'demo', a SpLiCE list, a text file, or 'none' (embeddings only).")
 @click.option("--l1", default=0.25, show_default=True, type=float, help="SpLiCE l1 penalty (larger = sparser).")
 @click.option("--batch-size", default=64, show_default=True, type=int, help="Images per encoder batch and commit.")
-@click.option("--workers", default=None, type=int, help="Decode processes (default: CPUs - 1, at least 1; 0 = inline).")
+@click.option("--workers", default=None, type=int, help="Decode processes (default: the CPU count, at most 8; 0 = inline).")
 @click.option("--limit", default=None, type=int, help="Only the first N rows of the source.")
 @click.option("--id-column", default=None, help="Manifest column with stable ids (default: 'id' if present, "
                                                  "else the SHA-256 of each file).")

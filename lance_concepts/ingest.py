@@ -757,7 +757,7 @@ def ingest(
     vocab : vocabulary spec (``"default"``, ``"demo"``, a file, a Vocabulary) or ``None`` for embeddings only.
     l1 : SpLiCE l1 penalty. ``prompt_template`` optionally wraps concepts (``"a photo of {}"``).
     batch_size : images per encoder batch and per commit. ``workers``: decode processes (default:
-        CPU count - 1, at least 1; 0 decodes inline). ``worker_type``: "process" or "thread";
+        the CPU count, at most 8; 0 decodes inline). ``worker_type``: "process" or "thread";
         ``start_method`` of the processes (default fork on Linux, spawn elsewhere).
     limit : only the first ``limit`` source rows. ``id_column``: manifest column with stable ids
         (default ``id`` when present, else the SHA-256 of the file content).
@@ -868,7 +868,14 @@ def ingest(
         items.append(_Item(i, "" if u is None else str(u), ident))
 
     mean = _load_mean(image_mean, dim)
-    if mean is None and meta.get("image_mean") is not None and image_mean != "estimate":
+    if mean is not None and meta.get("image_mean") is not None and store.count() > 0 and \
+            not np.allclose(mean, np.asarray(meta["image_mean"], np.float32), atol=1e-6):
+        raise InputError(
+            f"table {table!r} was decomposed with another image mean ({meta.get('image_mean_source')}); appending "
+            "with this one would mix concept weights. Recompute the table first: lance-concepts decompose "
+            "--image-mean FILE (Python: decompose_table(..., image_mean=...)), or leave image_mean unset."
+        )
+    if mean is None and meta.get("image_mean") is not None:
         mean = np.asarray(meta["image_mean"], dtype=np.float32)
     if mean is not None and meta.get("image_mean") is None:
         meta["image_mean"] = mean.tolist()
@@ -917,6 +924,8 @@ def ingest(
                  "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                  "ok": summary.ok, "error": summary.errors})
     final["sources"] = hist[-50:]
+    if src.root:
+        final["image_root"] = src.root  # where relative uris of the latest source resolve (per source: "sources")
     store.write_metadata(final)
     removed = store.dedupe(postings=store.lock_path is None)
     if removed:
@@ -944,7 +953,7 @@ def _default_start_method() -> str:
 
 def _default_workers() -> int:
     n = os.cpu_count() or 1
-    return max(1, min(8, n - 1))
+    return max(1, min(8, n))
 
 
 def _compact(store: ImageStore, min_fragments: int = 16) -> None:
@@ -1067,8 +1076,11 @@ class _Pipeline:
         pool = cf.ProcessPoolExecutor(max_workers=n_workers, mp_context=mp.get_context(method),
                                       initializer=_worker_init, initargs=(decoder,))
         with warnings.catch_warnings():
-            # pylance warns on every fork; the workers only decode images and never touch lance
+            # pylance and lancedb warn on every fork. The workers only decode images and never touch
+            # lance; forks happen when no lance operation is in flight (at start, and after the
+            # writer has drained when a crashed pool is replaced).
             warnings.filterwarnings("ignore", message="lance is not fork-safe")
+            warnings.filterwarnings("ignore", message="lancedb fork support")
             pool.submit(_noop).result()  # start the workers now, inside this filter
         return pool
 
@@ -1077,6 +1089,8 @@ class _Pipeline:
             pool.shutdown(wait=False, cancel_futures=True)
         except Exception:
             pass
+        if worker_type == "process":
+            self._q.join()  # no lance operation in flight while we fork the new workers
         return self._make_pool(decoder, n_workers, worker_type)
 
     def _retry_singly(self, pool, decoder, tasks, worker_type, n_workers):
@@ -1166,15 +1180,20 @@ class _Pipeline:
         try:
             while True:
                 work = self._q.get()
-                if work is None:
-                    return
-                if self._writer_exc is None:
-                    self._write(*work)
+                try:
+                    if work is None:
+                        return
+                    if self._writer_exc is None:
+                        self._write(*work)
+                finally:
+                    self._q.task_done()
         except BaseException as exc:  # handed to the main thread
             self._writer_exc = exc
             while True:  # drain so the producer never blocks
                 try:
-                    if self._q.get(timeout=0.1) is None:
+                    item = self._q.get(timeout=0.1)
+                    self._q.task_done()
+                    if item is None:
                         return
                 except queue.Empty:
                     continue

@@ -421,3 +421,25 @@ def test_open_source_time_parsing(tmp_path):
     assert t.schema.field("when").type == pa.timestamp("us")
     assert t.column("when").to_pylist()[1] is None
     assert t.schema.field("note").type == pa.string()
+
+
+def test_demo_world_with_demo_model(tmp_path):
+    """The path the `demo` command takes: a generated demo-world manifest, the demo model, offline."""
+    from lance_concepts import demo_model, demo_world
+
+    if not demo_model.demo_weights_path().is_file():
+        pytest.skip("demo model weights not built yet")
+    man = demo_world.generate_dataset(tmp_path / "world", n=24, seed=1)
+    db = tmp_path / "demo.lancedb"
+    s = ingest(str(man), str(db), model="demo", vocab="demo", quiet=True)
+    assert (s.ok, s.errors, s.exit_code) == (24, 0, 0)
+    t = _check_consistent(db)
+    truth = {r["id"]: r for r in demo_world.read_manifest(man)}
+    assert {r["id"] for r in t} == set(truth)
+    sch = _table(db).schema
+    assert sch.field("timestamp").type == pa.timestamp("us") and sch.field("label").type == pa.string()
+    for r in t:
+        assert r["label"] == truth[r["id"]]["label"] and r["split"] == truth[r["id"]]["split"]
+        assert r["l0"] > 0 and 0 < r["splice_cosine"] <= 1
+    meta = read_metadata(db)
+    assert meta["model_name"] == "demo" and meta["vocabulary"] == "demo" and meta["image_root"] == str(man.parent)
