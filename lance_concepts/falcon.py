@@ -744,7 +744,22 @@ class FalconExplainer:
         rows, gids = memb.row[order].astype(np.int64), memb.col[order].astype(np.int64)
         top = [g.labels(n_labels) for g in self.groups_]
         return {"row": rows, "group_id": gids, "exact": self.image_group_[rows] == gids,
-                "labels": [top[g] for g in gids]}
+                "labels": _LazyLabels(top, gids)}
+
+
+class _LazyLabels(Sequence):
+    """``labels[i]`` = the top labels of row i's group, without materialising one list per row."""
+
+    def __init__(self, top, gids):
+        self._top, self._gids = top, gids
+
+    def __len__(self):
+        return len(self._gids)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self._top[g] for g in self._gids[i]]
+        return self._top[int(self._gids[i])]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1111,16 +1126,23 @@ class FalconResult:
         return "\n".join(lines)
 
 
-def _vectors(col, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """A (fixed-size or variable) list<float> column -> (valid mask, (n_valid, d) float32)."""
+def _vectors(col, name: str, keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A (fixed-size or variable) list<float> column -> (mask of the rows returned, (n, d) float32).
+
+    Rows with a null vector, and rows where ``keep`` is False, are left out. Without nulls and with
+    a float32 fixed-size list the values are not copied.
+    """
     import pyarrow as pa
 
     col = col.combine_chunks() if hasattr(col, "combine_chunks") else col
     t = col.type
     if not (pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t)):
         raise InputError(f"column {name!r} is {t}, not a vector (list of floats) column")
-    valid = np.asarray(col.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
-    sub = col.filter(pa.array(valid))
+    valid = np.ones(len(col), dtype=bool) if col.null_count == 0 else \
+        np.asarray(col.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    if keep is not None:
+        valid &= np.asarray(keep, dtype=bool)
+    sub = col if valid.all() else col.filter(pa.array(valid))
     if len(sub) == 0:
         return valid, np.zeros((0, 0), np.float32)
     flat = sub.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
@@ -1132,6 +1154,16 @@ def _vectors(col, name: str) -> tuple[np.ndarray, np.ndarray]:
             raise InputError(f"column {name!r} holds vectors of different lengths")
         d = int(lens[0])
     return valid, flat.reshape(len(sub), d)
+
+
+def _status_ok(table) -> np.ndarray:
+    """Rows whose ``status`` is 'ok' (all rows when the table has no status column)."""
+    import pyarrow.compute as pc
+
+    if "status" not in table.schema.names:
+        return np.ones(table.num_rows, dtype=bool)
+    return np.asarray(pc.fill_null(pc.equal(table.column("status"), "ok"), False).to_numpy(
+        zero_copy_only=False), dtype=bool)
 
 
 def _image_roots(meta: dict, image_root=None) -> list:
@@ -1358,7 +1390,7 @@ def falcon(db, features_column: str = "embedding", *, table: str = "images", voc
     names = store.schema.names
     computed = None
     base = _read_columns(store, ["id", "uri", "status"])
-    ids_all = np.asarray(base.column("id").to_pylist(), dtype=object)
+    ids_all = base.column("id").to_numpy(zero_copy_only=False).astype(object)
     uris_all = base.column("uri").to_pylist() if "uri" in base.schema.names else [None] * base.num_rows
     roots = _image_roots(meta, image_root)
     load_all = _image_loader(uris_all, roots)
@@ -1367,9 +1399,7 @@ def falcon(db, features_column: str = "embedding", *, table: str = "images", voc
             vec = [f.name for f in store.schema if str(f.type).startswith(("fixed_size_list", "list<item: float"))]
             raise InputError(f"table {table!r} has no column {features_column!r}; vector columns: "
                              f"{', '.join(vec) or '(none)'}. Pass a model to compute it.")
-        ok_rows = np.arange(base.num_rows)
-        if "status" in base.schema.names:
-            ok_rows = np.flatnonzero(np.asarray(base.column("status").to_pylist(), dtype=object) == "ok")
+        ok_rows = np.flatnonzero(_status_ok(base))
         feats = _features_in_batches(model, load_all, ok_rows, transform, features_layer, device)
         if write:
             add_features_column(store, ids_all[ok_rows], feats, features_column, _model_digest(model))
@@ -1393,10 +1423,7 @@ def falcon(db, features_column: str = "embedding", *, table: str = "images", voc
         valid[computed[0]] = True
         R = computed[1]
     else:
-        valid, R = _vectors(data.column(features_column), features_column)
-        if "status" in data.schema.names:
-            valid &= np.asarray(data.column("status").to_pylist(), dtype=object) == "ok"
-            _, R = _vectors(data.column(features_column).filter(valid), features_column)
+        valid, R = _vectors(data.column(features_column), features_column, keep=_status_ok(data))
     rows = np.flatnonzero(valid)
     if len(rows) == 0:
         raise InputError(f"column {features_column!r} of table {table!r} holds no vectors")
@@ -1405,11 +1432,11 @@ def falcon(db, features_column: str = "embedding", *, table: str = "images", voc
     load_images = _image_loader(uris, roots)
 
     # whole-image CLIP embeddings: the stored column when it comes from the encoder in use
-    emb_col = data.column("embedding").filter(valid) if "embedding" in data.schema.names else None
     stored_emb = None
-    if emb_col is not None:
-        emb_valid, emb_vals = _vectors(emb_col, "embedding")
-        if emb_valid.all():
+    if "embedding" in data.schema.names:
+        emb_col = data.column("embedding")
+        emb_rows, emb_vals = _vectors(emb_col, "embedding", keep=valid)
+        if np.array_equal(emb_rows, valid):
             stored_emb = emb_vals
     same_model = encoder is None or encoder.fingerprint == meta.get("model_fingerprint")
     if stored_emb is not None and same_model:
@@ -1506,14 +1533,19 @@ def _write_falcon(store, rep, fingerprint, full_records, fx, ids, run_params, n_
     _replace_representation(store.conn, names[1], long_tbl, rep)
     lab = fx.image_labels(n_labels)
     groups = fx.groups_
+    gid = pa.array(lab["group_id"].astype(np.int32))
+    # per-group values, gathered per (image, group) row without Python loops over the rows
+    g_feats = pa.array([list(g.features) for g in groups], pa.list_(pa.int32()))
+    g_labels = pa.array([g.labels(n_labels) for g in groups], pa.list_(pa.string()))
+    g_interp = pa.array([g.interpretable for g in groups], pa.bool_())
     img = pa.table({
-        "image_id": pa.array([str(ids[r]) for r in lab["row"]], pa.string()),
-        "representation": pa.array([rep] * len(lab["row"]), pa.string()),
-        "group_id": pa.array(lab["group_id"].astype(np.int32)),
-        "features": pa.array([list(groups[g].features) for g in lab["group_id"]], pa.list_(pa.int32())),
-        "labels": pa.array(lab["labels"], pa.list_(pa.string())),
+        "image_id": pa.array(ids, pa.string()).take(pa.array(lab["row"])),
+        "representation": pa.array(np.full(len(lab["row"]), rep, dtype=object), pa.string()),
+        "group_id": gid,
+        "features": g_feats.take(gid),
+        "labels": g_labels.take(gid),
         "exact": pa.array(lab["exact"]),
-        "interpretable": pa.array([groups[g].interpretable for g in lab["group_id"]], pa.bool_()),
+        "interpretable": g_interp.take(gid),
     })
     _replace_representation(store.conn, names[2], img, rep)
     return list(names)
@@ -1617,13 +1649,11 @@ def transfer(db, from_column: str, to_column: str, *, table: str = "images", alp
         raise InputError(f"no FALCON labels for representation {src!r}: run "
                          f"`lance-concepts falcon --features-column {from_column}` first")
     data = _read_columns(store, ["id", from_column, to_column, "status"])
-    va, _ = _vectors(data.column(from_column), from_column)
-    vb, _ = _vectors(data.column(to_column), to_column)
-    keep = va & vb
-    if "status" in data.schema.names:
-        keep &= np.asarray(data.column("status").to_pylist(), dtype=object) == "ok"
-    _, A = _vectors(data.column(from_column).filter(keep), from_column)
-    _, B = _vectors(data.column(to_column).filter(keep), to_column)
+    keep = _status_ok(data)
+    keep &= np.asarray(data.column(from_column).is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    keep &= np.asarray(data.column(to_column).is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    _, A = _vectors(data.column(from_column), from_column, keep=keep)
+    _, B = _vectors(data.column(to_column), to_column, keep=keep)
     tr = FalconTransfer(alpha=alpha, test_fraction=test_fraction, share=share, min_weight=min_weight,
                         interpretable_only=interpretable_only, random_state=random_state).fit(A, B, recs)
     tables = []
