@@ -139,7 +139,7 @@ def _tail_outward(x, N, K, n, upper):
     room = np.where(upper, hi - x, x - lo)
     width = (np.minimum(room, np.ceil(6 * np.sqrt(var) + 12)) + 1).astype(np.int64)
     order = np.argsort(width, kind="stable")
-    budget = 4_000_000  # cells x terms per chunk
+    budget = 1_000_000  # cells x terms per chunk (bounds the temporaries to ~50 MB)
     i = 0
     while i < len(order):
         w_probe = int(width[order[min(len(order) - 1, i + 1023)]])
