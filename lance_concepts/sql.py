@@ -359,12 +359,15 @@ def run_query(con_or_db, query: str, params: Mapping[str, Any] | Sequence[Any] |
     :func:`connect` or a database path (a connection is opened for this query)."""
     import duckdb
 
-    con = con_or_db if isinstance(con_or_db, duckdb.DuckDBPyConnection) else connect(con_or_db,
-                                                                                        materialize=materialize)
+    owned = not isinstance(con_or_db, duckdb.DuckDBPyConnection)
+    con = connect(con_or_db, materialize=materialize) if owned else con_or_db
     try:
         return _arrow_table(con, query, params)
     except duckdb.Error as exc:
         raise _translate(con, exc) from None
+    finally:
+        if owned:
+            con.close()
 
 
 def _used_params(query: str, params):
