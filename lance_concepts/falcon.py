@@ -135,7 +135,8 @@ class _Corpus:
                 raise InputError("captions need caption_embeddings and concept_embeddings")
             cap = np.asarray(caption_embeddings, dtype=np.float32)
             if cap.shape != (len(captions), emb.shape[1]):
-                raise InputError(f"caption_embeddings must have shape ({len(captions)}, {emb.shape[1]}); got {cap.shape}")
+                raise InputError(f"caption_embeddings must have shape ({len(captions)}, {emb.shape[1]}); "
+                                 f"got {cap.shape}")
             from .vocabulary import _STOPWORDS  # the project's one stopword list
 
             for k, text in enumerate(captions):
@@ -277,9 +278,6 @@ class FeatureGroup:
 # ----------------------------------------------------------------------------------------------
 # The explainer
 # ----------------------------------------------------------------------------------------------
-
-EmbeddingSource = "np.ndarray | Callable[[np.ndarray], np.ndarray]"
-
 
 class FalconExplainer:
     """FALCON feature labelling (scikit-learn style).
@@ -589,7 +587,8 @@ class FalconExplainer:
         self.terms_ = corpus.terms
         self.notes_ = []
         if crop_embedder is not None and use_scores:
-            self.notes_.append("concept scores come from whole images (concept_scores); crops were used for coherence only")
+            self.notes_.append("concept scores come from whole images (concept_scores); crops were used for "
+                               "coherence only")
 
         # lowly activating images: whole images always
         low_rows = np.unique(np.concatenate(lows)) if G else np.zeros(0, np.int64)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from lance_concepts import demo_world as dw
-from lance_concepts.falcon import FalconExplainer, FalconTransfer, add_features_column, falcon
+from lance_concepts.falcon import add_features_column, falcon
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
