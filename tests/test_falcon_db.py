@@ -78,6 +78,13 @@ def test_falcon_writes_features_and_per_image_labels(synth_db):
     high0 = {ids[i] for i in res.explainer.high_[:, 0].nonzero()[0]}
     assert got == high0
 
+    # the same question through the named query in sql/
+    from lance_concepts.sql import sql as run_sql
+
+    named = run_sql(db, file="feature_labels", params={"concept": "red", "representation": "acts",
+                                                        "limit": 100000})
+    assert set(named.column("image_id").to_pylist()) == high0
+
     # a second run replaces this representation's rows instead of appending
     falcon(db, "acts")
     assert _lance(db, "features").count_rows() == len(res.records)

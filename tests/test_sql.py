@@ -131,6 +131,8 @@ def test_named_queries_parse_and_run(con):
     assert set(names) >= {"concept_filter", "concept_prevalence", "concept_drift", "drift_alerts",
                           "spurious_correlations", "split_shift", "concept_cooccurrence"}
     for name in names:
+        if name == "feature_labels":  # needs FALCON's tables: tested in test_falcon_db.py
+            continue
         q = S.load_query(name)
         assert q.doc and "$" in q.text
         assert "{{" not in q.text or q.idents  # identifiers are declared
