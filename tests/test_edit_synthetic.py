@@ -97,6 +97,12 @@ def test_edited_column_is_the_splice_recomposition(world):
     got = t["no_red_circle"].combine_chunks().values.to_numpy().reshape(-1, D)
     want = dec.recompose(dec.intervene(W, [0, 4]))
     np.testing.assert_allclose(got, want, atol=1e-5)
+    # overwrite replaces the column (and only it)
+    edit(path, ["blue"], "no_red_circle", encoder=encoder, overwrite=True)
+    tbl = lancedb.connect(path).open_table("images")
+    assert tbl.schema.names.count("no_red_circle") == 1 and "embedding" in tbl.schema.names
+    got = tbl.to_lance().to_table(columns=["no_red_circle"])["no_red_circle"].combine_chunks().values.to_numpy()
+    np.testing.assert_allclose(got.reshape(-1, D), dec.recompose(dec.intervene(W, [2])), atol=1e-5)
 
 
 def test_edit_checks_the_encoder_fingerprint(world):
