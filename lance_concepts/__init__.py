@@ -39,3 +39,9 @@ def __getattr__(name):
         globals()[name] = value
         return value
     raise AttributeError(f"module 'lance_concepts' has no attribute {name!r}")
+
+# Plain-LanceDB users get `table.search("text")` on ingested tables: register the embedding
+# function as soon as lancedb is imported (this import is cheap: no torch, no lancedb).
+from .search import install_lancedb_hook as _install_lancedb_hook  # noqa: E402
+
+_install_lancedb_hook()
