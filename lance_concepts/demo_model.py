@@ -12,8 +12,8 @@ works::
         DEMO_MODEL_NAME, pretrained=str(demo_weights_path()))
     tokenizer = open_clip.get_tokenizer(DEMO_MODEL_NAME)
 
-(``demo_weights_path()`` registers the config with open_clip, so evaluate it before the call
-as above, or call :func:`register_demo_model` first.) Preprocessing is open_clip's default:
+(Importing this module registers the config when open_clip is already imported;
+``demo_weights_path()`` and :func:`register_demo_model` register it in any case.) Preprocessing is open_clip's default:
 resize to 64 x 64 and normalise with the OpenAI CLIP mean/std, which is what training used.
 
 It knows only the demo world: 8 colours, 8 shapes and 7 backgrounds, a few synonyms of each
@@ -178,6 +178,13 @@ def demo_vocabulary() -> list[str]:
     return out
 
 
+if "open_clip" in sys.modules:  # cheap here: register as soon as this module is imported
+    try:
+        register_demo_model()
+    except Exception:  # pragma: no cover - a broken open_clip install fails later, with its own error
+        pass
+
+
 def create_demo_model(weights=None, device="cpu"):
     """``(model, preprocess, tokenizer)`` for the demo model (packaged weights unless ``weights``)."""
     import open_clip
@@ -259,6 +266,27 @@ def sample_caption(rng: np.random.Generator, shape: str, colour: str, background
     text = pick([f"a photo of a {c} {s} {where}", f"a {c} {s} {where}", f"a picture of a {c} {s} {where}",
                  f"{c} {s} {where}", f"a {c} {s} drawn {where}", f"a photo of a {c} {s}, {where}"])
     return text, {"colour": colour, "shape": shape, "background": background}
+
+
+_POOLS = {"colour": world.COLOURS, "shape": world.SHAPES, "background": world.BACKGROUNDS}
+_ATTRIBUTE_TEMPLATES = {
+    "colour": ["{}", "{}", "a photo of a {} shape", "a {} shape", "{} shape"],
+    "shape": ["{}", "{}", "a photo of a {} shape", "a {}", "a photo of a {}"],
+    "background": ["{}", "{}", "a photo of something {where}", "{} background", "a shape {where}"],
+}
+
+
+def _attribute_prompts(rng) -> list[str]:
+    names = []
+    for attr in _ATTRS:
+        templ = _ATTRIBUTE_TEMPLATES[attr][int(rng.integers(len(_ATTRIBUTE_TEMPLATES[attr])))]
+        names += [templ.format(v, where=world.BACKGROUND_PHRASES.get(v, "")) for v in _POOLS[attr]]
+    return names
+
+
+def _scene_dicts(scenes):
+    """(shape, colour, background) tuples -> (colour, shape, background) tuples in _ATTRS order."""
+    return [(c, s, b) for s, c, b in scenes]
 
 
 def sample_scenes(rng: np.random.Generator, n: int, group_size: int = 4,
@@ -351,7 +379,9 @@ def save_weights(model, out) -> Path:
 def train(out=None, *, seed: int = 0, steps: int = 1500, batch_size: int = 128, captions_per_image: int = 3,
           n_negatives: int = 24, lr: float = 1e-3, weight_decay: float = 0.05, warmup: int = 100,
           threads: int = 1, log_every: int = 50, eval_every: int = 0, verbose: bool = True,
-          model_cfg: dict | None = None, group_size: int = 4, vary_p=(0.25, 0.5, 0.25)):
+          model_cfg: dict | None = None, group_size: int = 4, vary_p=(0.25, 0.5, 0.25),
+          attribute_weight: float = 1.0, attribute_mix=(0.5, 1.0, 0.5), separation_weight: float = 1.0,
+          grad_clip: float = 1.0, init=None):
     """Train the demo model from scratch on freshly rendered images; save float16 weights to ``out``.
 
     Loss: CLIP's symmetric contrastive loss with multi-positive targets (a caption such as "red"
@@ -367,6 +397,10 @@ def train(out=None, *, seed: int = 0, steps: int = 1500, batch_size: int = 128, 
 
     torch.set_num_threads(int(threads))
     model = _build_model(seed, model_cfg)
+    if init is not None:  # continue from saved weights (a new schedule; still deterministic)
+        from open_clip import load_checkpoint
+
+        load_checkpoint(model, str(init))
     model.train()
     tokenizer = open_clip.get_tokenizer(DEMO_MODEL_NAME)
     mean, std = open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD
@@ -412,16 +446,36 @@ def train(out=None, *, seed: int = 0, steps: int = 1500, batch_size: int = 128, 
         lt = logits[:, :n_pos].T                                           # (T', B)
         loss_t2i = -(pos.T / pos.sum(0)[:, None] * F.log_softmax(lt, dim=1)).sum(1).mean()
         loss = 0.5 * (loss_i2t + loss_t2i)
+        if attribute_weight:
+            # Zero-shot-classification form of the same contrastive loss: each image against the
+            # words of one attribute (raw word or a prompt), softmax over that attribute only.
+            names = _attribute_prompts(rng)
+            emb = F.normalize(encode_text_truncated(model, tokenizer(names)), dim=-1)
+            sims = scale * img @ emb.T
+            start = 0
+            truth = _scene_dicts(scenes)
+            for a, attr in enumerate(_ATTRS):
+                k = len(_POOLS[attr])
+                target = torch.tensor([_POOLS[attr].index(sc[a]) for sc in truth])
+                loss = loss + attribute_weight * attribute_mix[a] * F.cross_entropy(sims[:, start:start + k], target)
+                if separation_weight:
+                    # Keep the words of one attribute apart in text space. Without this, a word
+                    # family whose visual cue is not learned yet (shapes) collapses to one text
+                    # vector, and then nothing pushes the image tower to learn it.
+                    cos = emb[start:start + k] @ emb[start:start + k].T
+                    off = cos[~torch.eye(k, dtype=torch.bool)]
+                    loss = loss + separation_weight * off.clamp(min=0).pow(2).mean()
+                start += k
 
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         if verbose and (step % log_every == 0 or step == steps - 1):
             print(f"step {step:5d}  loss {loss.item():.4f}  i2t {loss_i2t.item():.3f}  t2i {loss_t2i.item():.3f}"
-                  f"  scale {scale.item():.1f}  lr {lr_at(step):.2e}  {time.time() - t0:.0f}s", flush=True)
+                  f"  gnorm {float(gnorm):.2f}  scale {scale.item():.1f}  lr {lr_at(step):.2e}  {time.time() - t0:.0f}s", flush=True)
         if eval_every and step and step % eval_every == 0:
             model.eval()
             r = evaluate(model, n=240, seed=12345)
@@ -516,6 +570,8 @@ def main(argv=None) -> int:
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--eval-every", type=int, default=0)
+    t.add_argument("--init", default=None, help="start from these weights instead of a random init")
+    t.add_argument("--warmup", type=int, default=100)
     e = sub.add_parser("eval", help="zero-shot accuracy and raw-word AUCs on fresh images")
     e.add_argument("--weights", default=None)
     e.add_argument("--n", type=int, default=400)
@@ -523,7 +579,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.cmd == "train":
         model = train(args.out, seed=args.seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                      threads=args.threads, eval_every=args.eval_every)
+                      threads=args.threads, eval_every=args.eval_every, init=args.init, warmup=args.warmup)
         r = evaluate(model, n=400)
     else:
         import torch
