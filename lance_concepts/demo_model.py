@@ -381,7 +381,7 @@ def train(out=None, *, seed: int = 0, steps: int = 1500, batch_size: int = 128, 
           threads: int = 1, log_every: int = 50, eval_every: int = 0, verbose: bool = True,
           model_cfg: dict | None = None, group_size: int = 4, vary_p=(0.25, 0.5, 0.25),
           attribute_weight: float = 1.0, attribute_mix=(0.5, 1.0, 0.5), separation_weight: float = 1.0,
-          grad_clip: float = 1.0, init=None):
+          composition_weight: float = 0.0, grad_clip: float = 1.0, init=None):
     """Train the demo model from scratch on freshly rendered images; save float16 weights to ``out``.
 
     Loss: CLIP's symmetric contrastive loss with multi-positive targets (a caption such as "red"
@@ -466,6 +466,25 @@ def train(out=None, *, seed: int = 0, steps: int = 1500, batch_size: int = 128, 
                     off = cos[~torch.eye(k, dtype=torch.bool)]
                     loss = loss + separation_weight * off.clamp(min=0).pow(2).mean()
                 start += k
+
+        if composition_weight:
+            # SpLiCE-friendliness: the centred image embedding should point along the sum of its
+            # centred raw attribute words ("red" + "circle" + "grass"), so that a sparse non-negative
+            # decomposition over raw words recovers them.
+            words = [v for attr in _ATTRS for v in _POOLS[attr]]
+            wemb = F.normalize(encode_text_truncated(model, tokenizer(words)), dim=-1)
+            target = torch.zeros(len(scenes), wemb.shape[1])
+            start = 0
+            truth = _scene_dicts(scenes)
+            for a, attr in enumerate(_ATTRS):
+                k = len(_POOLS[attr])
+                block = wemb[start:start + k]
+                centred = F.normalize(block - block.mean(0, keepdim=True), dim=-1)
+                idx = torch.tensor([_POOLS[attr].index(sc[a]) for sc in truth])
+                target = target + centred[idx]
+                start += k
+            centred_img = F.normalize(img - img.mean(0, keepdim=True), dim=-1)
+            loss = loss + composition_weight * (1 - (centred_img * F.normalize(target, dim=-1)).sum(1)).mean()
 
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -553,6 +572,42 @@ def evaluate(model=None, *, n: int = 400, seed: int = 2024, preprocess=None, tok
     return {"n": n, "seed": seed, "accuracy": acc, "auc": auc, "min_auc": min_auc}
 
 
+def splice_recovery(image_emb: np.ndarray, text_emb: np.ndarray, vocab: list[str], truth: dict,
+                    l1_penalty: float = 0.25, top_k: int = 3) -> dict:
+    """Reference SpLiCE check (the authors' sklearn solver, METHODS.md) of how often each image's true
+    colour / shape / background word (or one of its synonyms) is among its ``top_k`` concepts.
+
+    ``image_emb`` and ``text_emb`` are raw embeddings; the image mean is estimated from ``image_emb``.
+    Needs scikit-learn. Returns ``{"hit": {attr: share}, "l0": median non-zeros, "cosine": median}``.
+    """
+    from sklearn.linear_model import Lasso
+
+    def unit(a):
+        return a / np.linalg.norm(a, axis=-1, keepdims=True)
+
+    e = unit(np.asarray(text_emb, dtype=np.float64))
+    dic = unit(e - e.mean(0))
+    z = unit(np.asarray(image_emb, dtype=np.float64))
+    mu = z.mean(0)
+    v = unit(z - mu)
+    d = dic.shape[1]
+    weights = np.zeros((len(z), len(vocab)))
+    for i in range(len(z)):
+        las = Lasso(alpha=l1_penalty / (2 * d), fit_intercept=False, positive=True, tol=1e-6, max_iter=10000)
+        weights[i] = las.fit(dic.T, v[i]).coef_
+    zh = unit(unit(weights @ dic + 1e-12) + mu)
+    hits = {}
+    for attr, col in truth.items():
+        ok = []
+        for i, t in enumerate(col):
+            names = {t, *SYNONYMS.get(t, [])}
+            top = [vocab[j] for j in np.argsort(-weights[i])[:top_k] if weights[i, j] > 0]
+            ok.append(bool(names & set(top)))
+        hits[attr] = float(np.mean(ok))
+    return {"hit": hits, "l0": float(np.median((weights > 0).sum(1))),
+            "cosine": float(np.median((zh * z).sum(1)))}
+
+
 def _summary(r: dict) -> str:
     a, m = r["accuracy"], r["min_auc"]
     return ("acc " + " ".join(f"{k}={v:.3f}" for k, v in a.items()) + " | min AUC "
@@ -572,6 +627,7 @@ def main(argv=None) -> int:
     t.add_argument("--eval-every", type=int, default=0)
     t.add_argument("--init", default=None, help="start from these weights instead of a random init")
     t.add_argument("--warmup", type=int, default=100)
+    t.add_argument("--composition-weight", type=float, default=0.0)
     e = sub.add_parser("eval", help="zero-shot accuracy and raw-word AUCs on fresh images")
     e.add_argument("--weights", default=None)
     e.add_argument("--n", type=int, default=400)
@@ -579,7 +635,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.cmd == "train":
         model = train(args.out, seed=args.seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                      threads=args.threads, eval_every=args.eval_every, init=args.init, warmup=args.warmup)
+                      threads=args.threads, eval_every=args.eval_every, init=args.init, warmup=args.warmup,
+                      composition_weight=args.composition_weight)
         r = evaluate(model, n=400)
     else:
         import torch
