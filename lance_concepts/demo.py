@@ -11,8 +11,10 @@ from typing import Callable
 
 __all__ = ["demo", "DemoResult", "FILTER_THRESHOLD"]
 
-#: Weight above which the demo reports an image as showing a concept (documented in the README).
-FILTER_THRESHOLD = 0.05
+#: Weight above which the demo reports an image as showing a concept. 0: SpLiCE's l1 penalty has
+#: already decided what is present (a concept outside an image's sparse explanation weighs exactly
+#: 0); on the demo world any positive 'red' weight has precision 1.0 (documented in the README).
+FILTER_THRESHOLD = 0.0
 
 
 @dataclass
