@@ -323,6 +323,17 @@ def _local_lock_path(db_uri: str, table: str) -> str | None:
     return os.path.join(os.path.abspath(os.path.expanduser(path)), "_lance_concepts", f"{table}.lock")
 
 
+#: Image-row writes go through the Lance dataset API, which ignores LanceDB's embedding functions,
+#: so a table that records lance-concepts-clip for plain-LanceDB text search stays writable.
+WRITES_BYPASS_LANCEDB_EMBEDDINGS = True
+
+
+def _stat(res, key: str) -> int:
+    """merge_insert statistics: a dict from pylance, an object from LanceDB."""
+    value = res.get(key) if isinstance(res, dict) else getattr(res, key, 0)
+    return int(value or 0)
+
+
 def _latest(tbl) -> None:
     try:
         tbl.checkout_latest()
@@ -534,16 +545,18 @@ class ImageStore:
             tbl = self.table
 
             def merge_rows():
+                # Through the Lance dataset, not LanceDB's table API: error rows carry a null
+                # embedding on purpose (LanceDB calls null vectors "bad"), and LanceDB would run a
+                # recorded embedding function (lance-concepts-clip) on every write.
                 _latest(tbl)
-                b = tbl.merge_insert("id")
+                b = tbl.to_lance().merge_insert("id")
                 if retry_errors:
-                    b = b.when_matched_update_all(where="target.status = 'error'")
-                # error rows carry a null embedding on purpose (LanceDB calls null vectors "bad")
-                return b.when_not_matched_insert_all().execute(data, on_bad_vectors="null")
+                    b = b.when_matched_update_all(condition="target.status = 'error'")
+                return b.when_not_matched_insert_all().execute(data)
 
             res = with_retries(merge_rows, f"write rows to {self.name}")
-        return {"inserted": int(getattr(res, "num_inserted_rows", 0) or 0),
-                "updated": int(getattr(res, "num_updated_rows", 0) or 0)}
+            _latest(tbl)
+        return {"inserted": int(_stat(res, "num_inserted_rows")), "updated": int(_stat(res, "num_updated_rows"))}
 
     def dedupe(self, postings: bool = False) -> int:
         """Delete duplicate ids (keeping an 'ok' row, else the first); with ``postings`` also duplicate
@@ -617,9 +630,10 @@ class ImageStore:
         with self.write_lock():
             tbl = self.table
             _latest(tbl)
-            res = tbl.merge_insert("id").when_matched_update_all().execute(reader)
+            res = tbl.to_lance().merge_insert("id").when_matched_update_all().execute(reader)
+            _latest(tbl)
         self.refresh()
-        return int(getattr(res, "num_updated_rows", 0) or 0)
+        return int(_stat(res, "num_updated_rows"))
 
     # -- indexes --------------------------------------------------------------------------------
     def ensure_indexes(self, *, force: bool = False) -> list[str]:

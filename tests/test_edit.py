@@ -314,3 +314,35 @@ def test_cli_search_index_edit(demo_db, tmp_path):
     assert rep["column"] == "cli_no_red" and rep["accuracy"]["colour"]["prompt"] == "a photo of a {} shape"
     r = CliRunner().invoke(main, ["edit", "--db", db, "--remove-concept", "red", "--into", "cli_no_red"])
     assert r.exit_code == 2 and "already exists" in r.output
+
+
+def test_ingest_still_appends_after_lancedb_search_is_recorded(demo_db, tmp_path):
+    """index(lancedb_search=True) records lance-concepts-clip in the table; later ingests (with error
+    rows, whose embedding is null) must still write, and plain LanceDB text search must still work."""
+    import lancedb
+
+    from lance_concepts import demo_world
+    from lance_concepts.ingest import ingest
+
+    db, _ = demo_db
+    manifest = demo_world.generate_dataset(tmp_path / "more", n=6, seed=99)
+    (tmp_path / "more" / "images" / "img00000.png").write_bytes(b"not a png")  # one error row
+    import csv
+
+    rows = demo_world.read_manifest(manifest)
+    for r in rows:
+        r["id"] = "late-" + r["id"]  # new ids: these rows are appended, not skipped
+    with open(manifest, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    vocab = tmp_path / "world_vocab.txt"
+    vocab.write_text("\n".join(demo_world.COLOURS + demo_world.SHAPES + demo_world.BACKGROUNDS) + "\n")
+    tbl = lancedb.connect(db).open_table("images")
+    before = tbl.count_rows()
+    summary = ingest(str(manifest), db, model="demo", vocab=str(vocab), quiet=True, workers=0)
+    assert (summary.ok, summary.errors) == (5, 1)
+    tbl = lancedb.connect(db).open_table("images")
+    assert tbl.count_rows() == before + 6
+    hits = tbl.search("a photo of a red circle", vector_column_name="embedding").limit(3).to_list()
+    assert len(hits) == 3
