@@ -1,11 +1,9 @@
 """End to end on a rendered demo world: demo_world -> ingest (demo CLIP model, SpLiCE, demo vocabulary)
 -> the SQL reports, checked against the planted truth in the manifest.
 
-The checks use the user's words ('red', 'grass'). Where the demo model's SpLiCE decompositions never
-use such a word (it describes red shapes as 'red rose' / 'scarlet' and grass as 'field' / 'lawn'),
-the word-level check is marked xfail with what the decomposition does instead: that is a property of
-the demo model and vocabulary, not of the query layer, and the word-independent checks below still
-hold the query layer to the planted truth.
+The checks use the user's words ('red', 'grass'); the demo vocabulary holds no synonyms of them, so
+a decomposition that stops using a word fails the test with what it does instead. Word-independent
+checks below also hold the query layer to the planted truth.
 """
 from __future__ import annotations
 
@@ -62,7 +60,7 @@ def test_drift_red_tracks_planted_share(con, truth):
     red_rows = [r for r in truth if r["colour"] == "red"]
     unused, share = _word_unused(truth, "red", red_rows)
     if unused:
-        pytest.xfail(f"the demo model's decompositions give 'red' weight in {share:.0%} of red images; "
+        pytest.fail(f"the demo model's decompositions give 'red' weight in {share:.0%} of red images; "
                      f"red images get: {_what_instead(con, 'colour', 'red')}")
     res = R.drift(con, concepts=["red"])
     months = sorted({r["m"] for r in truth})
@@ -80,8 +78,9 @@ def test_filter_red_precision_recall(con, truth):
     red_rows = [r for r in truth if r["colour"] == "red"]
     unused, share = _word_unused(truth, "red", red_rows)
     if unused:
-        pytest.xfail(f"'red' has weight in only {share:.0%} of red images (demo model)")
-    T = 0.05
+        pytest.fail(f"'red' has weight in only {share:.0%} of red images (demo model)")
+    from lance_concepts.demo import FILTER_THRESHOLD as T  # 0: SpLiCE's sparsity decides presence
+
     got = set(R.filter(con, "red", T, columns=[]).column("id").to_pylist())
     want = {r["id"] for r in red_rows}
     assert len(got & want) / max(len(got), 1) >= 0.9 and len(got & want) / len(want) >= 0.9
@@ -94,7 +93,7 @@ def test_spurious_grass_for_circle(con, truth):
     circle = [r["concept"] for r in res.table.to_pylist() if r["label"] == "circle"]
     assert "circle" not in circle and not any("circle" in c.split() for c in circle)
     if unused:
-        pytest.xfail(f"the demo model's decompositions give 'grass' weight in {share:.0%} of grass-background "
+        pytest.fail(f"the demo model's decompositions give 'grass' weight in {share:.0%} of grass-background "
                      f"images; circles get: {', '.join(circle[:4])}")
     assert circle and circle[0] == "grass"
 
