@@ -133,8 +133,22 @@ def test_unrelated_words_stay_away_from_images(loaded, held_out):
     assert (emb @ others.T).mean() < (emb @ world_words.T).max(1).mean()
 
 
+def test_splice_reference_recovers_the_scene_words(loaded, held_out):
+    # SpLiCE as the authors run it (sklearn Lasso, raw un-templated concepts, demo vocabulary):
+    # the true colour, shape and background words are among each image's top-5 concepts.
+    pytest.importorskip("sklearn")
+    emb, truth = held_out
+    vocab = dm.demo_vocabulary()
+    text = _text(loaded, vocab)
+    r = dm.splice_recovery(emb, text, vocab, {k: list(v) for k, v in truth.items()}, l1_penalty=0.25, top_k=5)
+    assert r["hit"]["colour"] >= 0.9 and r["hit"]["background"] >= 0.9, r
+    assert r["hit"]["shape"] >= 0.75, r
+    assert 3 <= r["l0"] <= 30 and r["cosine"] > 0.5, r
+
+
 def test_training_smoke_is_deterministic(tmp_path):
-    kw = dict(seed=3, steps=2, batch_size=6, captions_per_image=2, n_negatives=4, warmup=1, verbose=False)
+    kw = dict(seed=3, steps=2, batch_size=6, captions_per_image=2, n_negatives=4, warmup=1, verbose=False,
+              composition_weight=1.0)
     a = dm.train(tmp_path / "a.pt", **kw)
     b = dm.train(tmp_path / "b.pt", **kw)
     fa = torch.load(tmp_path / "a.pt", weights_only=True)
@@ -144,6 +158,10 @@ def test_training_smoke_is_deterministic(tmp_path):
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     model, _, _ = open_clip.create_model_and_transforms(dm.DEMO_MODEL_NAME, pretrained=str(tmp_path / "a.pt"))
     assert model is not None
+    # the staged recipe continues from the previous stage in memory
+    c = dm.train_recipe(None, stages=[dict(steps=1, lr=1e-3, warmup=1), dict(steps=1, lr=1e-4, warmup=1)],
+                        batch_size=6, verbose=False)
+    assert c is not None
 
 
 def test_sample_caption_truth_matches_text():
