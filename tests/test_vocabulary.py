@@ -83,3 +83,39 @@ def test_text_embeddings_are_cached_and_reused(demo_encoder, tmp_path, monkeypat
 def test_embedding_matches_direct_encoding(demo_encoder):
     vocab = Vocabulary(["red", "sand dune", "star"])
     assert np.allclose(vocab.embed(demo_encoder, cache=False), demo_encoder.encode_text(list(vocab)), atol=1e-6)
+
+
+def test_splice_lists_are_downloaded_once_and_cached(monkeypatch, tmp_path):
+    """The authors' lists are fetched at run time (never shipped) and read from the cache afterwards;
+    their files are in ascending frequency, so 'top 10k' is the last lines, most frequent first."""
+    import io
+    import urllib.request
+
+    from lance_concepts import vocabulary as V
+
+    monkeypatch.setenv("LANCE_CONCEPTS_CACHE", str(tmp_path))
+    monkeypatch.setitem(V.REMOTE_VOCABULARIES, "splice-laion-10k", (V._SPLICE_BASE + "laion.txt", 3))
+    calls = []
+
+    def fake_urlopen(url, timeout=None):
+        calls.append(url)
+        return io.BytesIO("rare\nmedium\ncommon\nvery common\n".encode())
+
+    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
+    vocab = load_vocabulary("splice-laion-10k")
+    assert list(vocab) == ["very common", "common", "medium"]
+    assert load_vocabulary("splice-laion-10k").digest == vocab.digest
+    assert len(calls) == 1 and calls[0].endswith("laion.txt")
+
+
+def test_offline_download_is_a_clear_error(monkeypatch, tmp_path):
+    import urllib.request
+
+    monkeypatch.setenv("LANCE_CONCEPTS_CACHE", str(tmp_path))
+
+    def offline(url, timeout=None):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(VocabularyError, match="could not download.*--vocab /path/to/laion_bigrams.txt"):
+        load_vocabulary("splice-laion-bigrams")
