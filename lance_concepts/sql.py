@@ -184,13 +184,10 @@ def _lance_tables(db: str, storage_options=None) -> dict[str, Any]:
 
 
 def table_metadata(schema: pa.Schema) -> dict:
-    raw = (schema.metadata or {}).get(METADATA_KEY.encode())
-    if not raw:
-        return {}
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return {}
+    """The package's provenance metadata of a table schema (store.py owns the format)."""
+    from .store import _decode_metadata
+
+    return _decode_metadata(schema)
 
 
 def _companions(table: str) -> tuple[str, str]:
