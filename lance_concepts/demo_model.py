@@ -53,6 +53,7 @@ __all__ = [
     "demo_weights_path",
     "demo_config_path",
     "demo_vocabulary",
+    "demo_image_mean",
     "create_demo_model",
     "train",
     "evaluate",
@@ -63,6 +64,7 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 WEIGHTS_FILE = "demo_clip.pt"
 VOCAB_FILE = "demo_vocab.txt"
 CONFIG_FILE = f"{DEMO_MODEL_NAME}.json"
+IMAGE_MEAN_FILE = "demo_image_mean.npy"
 
 #: open_clip model config (the same dict is shipped as ``data/lance-concepts-demo.json``).
 DEMO_MODEL_CONFIG: dict = {
@@ -185,6 +187,33 @@ if "open_clip" in sys.modules:  # cheap here: register as soon as this module is
         register_demo_model()
     except Exception:  # pragma: no cover - a broken open_clip install fails later, with its own error
         pass
+
+
+def demo_image_mean() -> np.ndarray:
+    """Reference image mean for SpLiCE with the demo model (``data/demo_image_mean.npy``, float32 (64,)):
+    the mean of L2-normalised embeddings of 2,000 uniformly random demo scenes (seed 0), NOT
+    renormalised, playing the role the MSCOCO mean plays for real CLIP models. Rebuild with
+    ``python -m lance_concepts.demo_model image-mean`` after retraining."""
+    return np.load(DATA_DIR / IMAGE_MEAN_FILE).astype(np.float32)
+
+
+def compute_demo_image_mean(model=None, preprocess=None, *, n: int = 2000, seed: int = 0,
+                            batch_size: int = 250) -> np.ndarray:
+    """Mean of the L2-normalised image embeddings of ``n`` uniformly random demo scenes."""
+    import torch
+
+    if model is None:
+        model, preprocess, _ = create_demo_model()
+    rng = np.random.default_rng(seed)
+    total = None
+    with torch.no_grad():
+        for start in range(0, n, batch_size):
+            k = min(batch_size, n - start)
+            ims = [world.render(s, c, b, rng=rng) for s, c, b in (world.random_scene(rng) for _ in range(k))]
+            x = torch.stack([preprocess(im) for im in ims])
+            z = torch.nn.functional.normalize(model.encode_image(x), dim=-1).sum(0)
+            total = z if total is None else total + z
+    return (total / n).numpy().astype(np.float32)
 
 
 def create_demo_model(weights=None, device="cpu"):
@@ -665,6 +694,9 @@ def main(argv=None) -> int:
     t.add_argument("--init", default=None, help="start from these weights instead of a random init")
     t.add_argument("--warmup", type=int, default=100)
     t.add_argument("--composition-weight", type=float, default=0.0)
+    m = sub.add_parser("image-mean", help="recompute data/demo_image_mean.npy from the packaged weights")
+    m.add_argument("--out", default=str(DATA_DIR / IMAGE_MEAN_FILE))
+    m.add_argument("--weights", default=None)
     e = sub.add_parser("eval", help="zero-shot accuracy and raw-word AUCs on fresh images")
     e.add_argument("--weights", default=None)
     e.add_argument("--n", type=int, default=400)
@@ -676,6 +708,15 @@ def main(argv=None) -> int:
         model = train_recipe(args.out, seed=args.seed, batch_size=args.batch_size, threads=args.threads,
                              eval_every=args.eval_every)
         r = evaluate(model, n=400)
+    elif args.cmd == "image-mean":
+        import torch
+
+        torch.set_num_threads(1)
+        model, preprocess, _ = create_demo_model(args.weights)
+        mean = compute_demo_image_mean(model, preprocess)
+        np.save(args.out, mean)
+        print(f"saved {args.out}: norm {np.linalg.norm(mean):.3f}")
+        return 0
     elif args.cmd == "train":
         model = train(args.out, seed=args.seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                       threads=args.threads, eval_every=args.eval_every, init=args.init, warmup=args.warmup,

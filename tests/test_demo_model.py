@@ -146,6 +146,16 @@ def test_splice_reference_recovers_the_scene_words(loaded, held_out):
     assert 3 <= r["l0"] <= 30 and r["cosine"] > 0.5, r
 
 
+def test_packaged_image_mean_matches_fresh_images(held_out):
+    emb, _ = held_out
+    mean = dm.demo_image_mean()
+    assert mean.shape == (dm.DEMO_MODEL_CONFIG["embed_dim"],) and mean.dtype == np.float32
+    assert 0.2 < np.linalg.norm(mean) < 0.95  # a mean of unit vectors, not renormalised
+    fresh = emb.mean(0)
+    cos = fresh @ mean / (np.linalg.norm(fresh) * np.linalg.norm(mean))
+    assert cos > 0.98 and abs(np.linalg.norm(fresh) - np.linalg.norm(mean)) < 0.05
+
+
 def test_training_smoke_is_deterministic(tmp_path):
     kw = dict(seed=3, steps=2, batch_size=6, captions_per_image=2, n_negatives=4, warmup=1, verbose=False,
               composition_weight=1.0)
