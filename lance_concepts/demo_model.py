@@ -64,7 +64,7 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 WEIGHTS_FILE = "demo_clip.pt"
 VOCAB_FILE = "demo_vocab.txt"
 CONFIG_FILE = f"{DEMO_MODEL_NAME}.json"
-IMAGE_MEAN_FILE = "demo_image_mean.npy"
+IMAGE_MEAN_FILE = "demo_mean.npy"
 
 #: open_clip model config (the same dict is shipped as ``data/lance-concepts-demo.json``).
 DEMO_MODEL_CONFIG: dict = {
@@ -190,7 +190,7 @@ if "open_clip" in sys.modules:  # cheap here: register as soon as this module is
 
 
 def demo_image_mean() -> np.ndarray:
-    """Reference image mean for SpLiCE with the demo model (``data/demo_image_mean.npy``, float32 (64,)):
+    """Reference image mean for SpLiCE with the demo model (``data/demo_mean.npy``, float32 (64,)):
     the mean of L2-normalised embeddings of 2,000 uniformly random demo scenes (seed 0), NOT
     renormalised, playing the role the MSCOCO mean plays for real CLIP models. Rebuild with
     ``python -m lance_concepts.demo_model image-mean`` after retraining."""
@@ -694,7 +694,7 @@ def main(argv=None) -> int:
     t.add_argument("--init", default=None, help="start from these weights instead of a random init")
     t.add_argument("--warmup", type=int, default=100)
     t.add_argument("--composition-weight", type=float, default=0.0)
-    m = sub.add_parser("image-mean", help="recompute data/demo_image_mean.npy from the packaged weights")
+    m = sub.add_parser("image-mean", help="recompute data/demo_mean.npy from the packaged weights")
     m.add_argument("--out", default=str(DATA_DIR / IMAGE_MEAN_FILE))
     m.add_argument("--weights", default=None)
     e = sub.add_parser("eval", help="zero-shot accuracy and raw-word AUCs on fresh images")

@@ -761,8 +761,9 @@ def ingest(
         ``start_method`` of the processes (default fork on Linux, spawn elsewhere).
     limit : only the first ``limit`` source rows. ``id_column``: manifest column with stable ids
         (default ``id`` when present, else the SHA-256 of the file content).
-    image_mean : SpLiCE image mean: None (the table's recorded mean, else estimated from the first
-        ``mean_sample`` images of the first run and recorded), a vector, or a ``.npy`` path.
+    image_mean : SpLiCE image mean: None (the table's recorded mean; else the demo model's packaged
+        reference mean for ``model="demo"``, or the mean of the first ``mean_sample`` images of the
+        first run; recorded), a vector, or a ``.npy`` path.
     retry_errors : re-attempt rows that are in the table with status 'error'.
     new_concept_version : if the table was decomposed with another vocabulary / l1 / template, first
         recompute its concept columns with this run's settings (see :func:`decompose_table`).
@@ -867,6 +868,13 @@ def ingest(
             continue
         items.append(_Item(i, "" if u is None else str(u), ident))
 
+    reference_mean = None
+    if image_mean is None and model == "demo" and meta.get("image_mean") is None:
+        # The demo model ships its reference mean (2,000 random scenes), like the authors' MSCOCO
+        # means: a mean estimated from a drifting collection shrinks the drifting concept's weights.
+        from .demo_model import demo_image_mean
+
+        image_mean = reference_mean = demo_image_mean()
     mean = _load_mean(image_mean, dim)
     if mean is not None and meta.get("image_mean") is not None and store.count() > 0 and \
             not np.allclose(mean, np.asarray(meta["image_mean"], np.float32), atol=1e-6):
@@ -879,7 +887,8 @@ def ingest(
         mean = np.asarray(meta["image_mean"], dtype=np.float32)
     if mean is not None and meta.get("image_mean") is None:
         meta["image_mean"] = mean.tolist()
-        meta["image_mean_source"] = "given" if image_mean is not None else meta.get("image_mean_source")
+        meta["image_mean_source"] = ("the demo model's reference mean" if reference_mean is not None else
+                                     "given" if image_mean is not None else meta.get("image_mean_source"))
 
     if not items:
         summary.seconds = time.perf_counter() - t_start
