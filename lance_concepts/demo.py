@@ -24,6 +24,7 @@ class DemoResult:
     ingest_summary: object = None
     sections: list = field(default_factory=list)  # (title, text) pairs
     metrics: dict = field(default_factory=dict)  # measured against the planted truth
+    figures: list = field(default_factory=list)  # PNG plots and the HTML report
 
     def add(self, title: str, text: str) -> None:
         self.sections.append((title, text))
@@ -55,7 +56,24 @@ def demo(db: str = "demo.lancedb", n_images: int = 600, data_dir=None, seed: int
     _filter_section(result, db, truth)
     _drift_section(result, db, manifest)
     _spurious_section(result, db, truth)
+    _figures(result, db, data_dir.parent)
     return result
+
+
+def _figures(result: DemoResult, db, out_dir: Path) -> None:
+    """The same answers as pictures: drift curves, per-label concepts, and one HTML report."""
+    from .errors import InputError
+    from .reports import drift, report, spurious
+
+    try:
+        drift(db, "timestamp", "month", concepts=["red", "grass"]).plot(out_dir / "demo-drift.png")
+        spurious(db, "label", "split").plot(out_dir / "demo-spurious.png")
+        report(db, out_dir / "demo-report.html", split_column="split")
+    except InputError as exc:  # matplotlib missing: the text answers above still stand
+        result.add("figures", f"skipped: {exc}")
+        return
+    result.figures = [out_dir / "demo-drift.png", out_dir / "demo-spurious.png", out_dir / "demo-report.html"]
+    result.add("figures", "\n".join(str(p) for p in result.figures))
 
 
 def _filter_section(result: DemoResult, db, truth: list[dict], concept: str = "red",

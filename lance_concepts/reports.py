@@ -1166,7 +1166,9 @@ def _line_colours(concepts: Sequence[str]) -> list:
 def _plot_drift(res: DriftResult, path, max_concepts: int = 8):
     plt = _plt()
     t = res.table.to_pydict()
-    concepts = list(dict.fromkeys([a["concept"] for a in res.alerts] + res.concepts))[:max_concepts]
+    present = set(t["concept"])  # alerts can name concepts outside the ones chosen for the table
+    concepts = [c for c in dict.fromkeys([a["concept"] for a in res.alerts] + res.concepts) if c in present]
+    concepts = concepts[:max_concepts]
     x_labels = res.windows
     xs = np.arange(len(x_labels))
     fig, axes = plt.subplots(3, 1, figsize=(10, 8.5), sharex=True, gridspec_kw={"height_ratios": [3, 2, 1]})

@@ -35,3 +35,21 @@ def test_spurious_grass_for_circles(result):
 def test_rerun_is_idempotent(result, tmp_path_factory):
     again = demo(db=result.db, n_images=360, data_dir=result.manifest.parent, quiet=True)
     assert again.ingest_summary.ok == 0 and again.ingest_summary.skipped == 360
+
+
+def test_figures_and_report_are_written(result):
+    assert [p.suffix for p in result.figures] == [".png", ".png", ".html"]
+    for p in result.figures:
+        assert p.stat().st_size > 10_000
+    html = result.figures[-1].read_text()
+    assert "data:image/png;base64," in html and "red" in html
+
+
+def test_drift_plot_of_chosen_concepts_when_alerts_name_others(result, tmp_path):
+    """Alerts are computed over every concept; a plot of other chosen concepts must still draw."""
+    from lance_concepts.reports import drift
+
+    res = drift(result.db, "timestamp", "month", concepts=["grass"])
+    assert {a["concept"] for a in res.alerts} - {"grass"}  # red alerts, but only grass is tabled
+    res.plot(tmp_path / "grass.png")
+    assert (tmp_path / "grass.png").stat().st_size > 10_000
