@@ -367,21 +367,10 @@ def _match_matrix(scenes, truths):
 # ----------------------------------------------------------------------------------------------
 
 def encode_text_truncated(model, tokens):
-    """``model.encode_text(tokens)`` computed on the first ``L`` token positions only, ``L`` being the
-    longest sequence in the batch. Exact for open_clip's causal text tower with argmax (EOT) pooling:
-    positions after a sequence's EOT never influence it."""
-    import torch
+    """``model.encode_text(tokens)`` on the batch's longest sequence only (see the encoder module)."""
+    from .encoder import encode_tokens_truncated
 
-    length = int((tokens != 0).sum(1).max().item())
-    tokens = tokens[:, :length]
-    cast_dtype = model.transformer.get_cast_dtype()
-    x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
-    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
-    x = model.ln_final(x)
-    x = x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)]
-    if model.text_projection is not None:
-        x = model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
-    return x
+    return encode_tokens_truncated(model, tokens)
 
 
 def _build_model(seed: int, model_cfg: dict | None = None):

@@ -114,6 +114,27 @@ def _resolve_checkpoint(model: str, pretrained: str | None, cache_dir: str | Non
         raise WeightsUnavailableError(_offline_message(model, pretrained, f"download failed ({exc})")) from None
 
 
+def encode_tokens_truncated(model, tokens: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
+    """open_clip's ``CLIP.encode_text`` on tokens cut to the batch's longest sequence.
+
+    Exact for the causal text tower: the output at a sequence's end-of-text token never sees the
+    padding after it. Gradients flow as usual (the demo model's training uses it too).
+    """
+    from open_clip.transformer import text_global_pool
+
+    length = max(int((tokens != 0).sum(dim=1).max().item()), 1)
+    tokens = tokens[:, :length]
+    cast = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast)
+    x = x + model.positional_embedding[:length].to(cast)
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = model.ln_final(x)
+    x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    if model.text_projection is not None:
+        x = model.text_projection(x) if hasattr(model.text_projection, "weight") else x @ model.text_projection
+    return x
+
+
 def _digest_state_dict(state_dict) -> str:
     import torch
 
@@ -263,23 +284,7 @@ class ClipEncoder:
         return isinstance(self.model, CLIP) and getattr(self.model, "attn_mask", None) is not None
 
     def _encode_tokens_truncated(self, tokens: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
-        """open_clip's CLIP.encode_text on tokens cut to the batch's longest sequence (causal => exact)."""
-        import torch.nn.functional as F  # noqa: F401
-        from open_clip.transformer import text_global_pool
-
-        m = self.model
-        length = int((tokens != 0).sum(dim=1).max().item())
-        length = max(length, 1)
-        tokens = tokens[:, :length]
-        cast = m.transformer.get_cast_dtype()
-        x = m.token_embedding(tokens).to(cast)
-        x = x + m.positional_embedding[:length].to(cast)
-        x = m.transformer(x, attn_mask=m.attn_mask[:length, :length])
-        x = m.ln_final(x)
-        x = text_global_pool(x, tokens, m.text_pool_type, eos_token_id=getattr(m, "text_eos_id", None))
-        if m.text_projection is not None:
-            x = m.text_projection(x) if hasattr(m.text_projection, "weight") else x @ m.text_projection
-        return x
+        return encode_tokens_truncated(self.model, tokens)
 
     def encode_text(self, texts: Sequence[str], *, truncate: bool = True) -> np.ndarray:
         """Encode strings; returns ``(n, d)`` float32 in input order.

@@ -240,7 +240,14 @@ class Vocabulary:
                 if emb.shape == (len(self), encoder.embed_dim):
                     return emb
         texts = self.concepts if template is None else [template.format(c) for c in self.concepts]
-        emb = encoder.encode_text(texts).astype(np.float32, copy=False)
+        chunk = 2048  # a 10k vocabulary takes minutes on a CPU: show progress between chunks
+        starts = range(0, len(texts), chunk)
+        if len(texts) > chunk:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc=f"encode {len(texts)} concepts", unit="chunk", leave=False)
+        emb = np.concatenate([np.asarray(encoder.encode_text(texts[i:i + chunk]), dtype=np.float32)
+                              for i in starts], axis=0)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
