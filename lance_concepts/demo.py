@@ -25,6 +25,7 @@ class DemoResult:
     sections: list = field(default_factory=list)  # (title, text) pairs
     metrics: dict = field(default_factory=dict)  # measured against the planted truth
     figures: list = field(default_factory=list)  # PNG plots and the HTML report
+    results: dict = field(default_factory=dict)  # the DriftResult / SpuriousResult behind the sections
 
     def add(self, title: str, text: str) -> None:
         self.sections.append((title, text))
@@ -63,11 +64,11 @@ def demo(db: str = "demo.lancedb", n_images: int = 600, data_dir=None, seed: int
 def _figures(result: DemoResult, db, out_dir: Path) -> None:
     """The same answers as pictures: drift curves, per-label concepts, and one HTML report."""
     from .errors import InputError
-    from .reports import drift, report, spurious
+    from .reports import report
 
     try:
-        drift(db, "timestamp", "month", concepts=["red", "grass"]).plot(out_dir / "demo-drift.png")
-        spurious(db, "label", "split").plot(out_dir / "demo-spurious.png")
+        result.results["drift"].plot(out_dir / "demo-drift.png")
+        result.results["spurious"].plot(out_dir / "demo-spurious.png")
         report(db, out_dir / "demo-report.html", split_column="split")
     except InputError as exc:  # matplotlib missing: the text answers above still stand
         result.add("figures", f"skipped: {exc}")
@@ -98,7 +99,8 @@ def _drift_section(result: DemoResult, db, manifest: Path) -> None:
 
     from .reports import drift
 
-    res = drift(db, time_column="timestamp", every="month", concepts=["red"])
+    res = drift(db, time_column="timestamp", every="month", concepts=["red", "grass"])
+    result.results["drift"] = res
     planted = json.loads((manifest.parent / "world.json").read_text())["drift_share_by_month"]
     rows = sorted((r for r in res.records() if r["concept"] == "red"), key=lambda r: r["window"])
     measured = [r["prevalence"] for r in rows]
@@ -116,9 +118,10 @@ def _drift_section(result: DemoResult, db, manifest: Path) -> None:
 def _spurious_section(result: DemoResult, db, truth: list[dict]) -> None:
     from .reports import spurious
 
-    res = spurious(db, label_column="label")
+    res = spurious(db, label_column="label", split_column="split")
+    result.results["spurious"] = res
     by_label: dict = {}
-    for r in res.records():
+    for r in res.table.to_pylist():  # over-represented rows (split shifts are separate)
         by_label.setdefault(r["label"], []).append(r["concept"])
     result.metrics.update(spurious_top_circle=(by_label.get("circle") or [None])[0])
     grass = {lab: sum(1 for r in truth if r["label"] == lab and r["background"] == "grass") /

@@ -778,7 +778,7 @@ def _numba_kernel():
             import numba
 
             @numba.njit(cache=True, nogil=True)
-            def _k1(codes, off, cids, w, C, thr, present, wsum):  # pragma: no cover - jitted
+            def _k(codes, off, cids, w, C, thr, present, wsum, wsq, second):  # pragma: no cover - jitted
                 for i in range(codes.shape[0]):
                     g = codes[i]
                     if g < 0:
@@ -790,27 +790,10 @@ def _numba_kernel():
                         if x > thr:
                             present[k] += 1
                         wsum[k] += x
+                        if second:
+                            wsq[k] += x * x
 
-            @numba.njit(cache=True, nogil=True)
-            def _k2(codes, off, cids, w, C, thr, present, wsum, wsq):  # pragma: no cover - jitted
-                for i in range(codes.shape[0]):
-                    g = codes[i]
-                    if g < 0:
-                        continue
-                    base = g * C
-                    for j in range(off[i], off[i + 1]):
-                        k = base + cids[j]
-                        x = w[j]
-                        if x > thr:
-                            present[k] += 1
-                        wsum[k] += x
-                        wsq[k] += x * x
-
-            def kernel(codes, off, cids, w, C, thr, present, wsum, wsq, second):
-                if second:
-                    _k2(codes, off, cids, w, C, thr, present, wsum, wsq)
-                else:
-                    _k1(codes, off, cids, w, C, thr, present, wsum)
+            kernel = _k
         except Exception:  # numba missing or broken: numpy path
             kernel = None
     _KERNEL.append(kernel)
