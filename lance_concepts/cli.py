@@ -51,7 +51,7 @@ def demo(db, n_images, data_dir, seed, quiet):
     Draws a small world of coloured shapes on backgrounds (labels, splits, timestamps, a planted
     drift and a planted spurious correlation), ingests it into a local LanceDB table, and prints
     what the concept queries find next to the planted truth. It also writes demo-drift.png,
-    demo-spurious.png and demo-report.html next to the drawn images. Re-running reuses the images
+    demo-spurious.png and demo-report.html beside the folder of drawn images. Re-running reuses them
     and skips what is already ingested.
     """
     from .demo import demo as run_demo
