@@ -611,6 +611,33 @@ def index_cmd(db, table, index_type, column, no_scalar, lancedb_search, as_json)
         click.echo(f"LanceDB text search: {report['embedding_function_note']}")
 
 
+@main.command("rollup")
+@_DB_OPTION
+@_TABLE_OPTION
+@click.option("--column", "columns", multiple=True,
+              help="Column to aggregate by (repeatable; default: every time column and every categorical column "
+                   "with at most --max-groups values, plus their pairs).")
+@click.option("--max-groups", default=1000, show_default=True,
+              help="Most groups per dimension (time columns use a coarser window beyond it).")
+@click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
+              help="Object-store option for LanceDB (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def rollup_cmd(db, table, columns, max_groups, storage_options, as_json):
+    """Rebuild the per-day / per-label concept aggregates that `drift` and `spurious` read instead of
+    every image's concept weights (ingest and decompose do this at the end; run it after other writes).
+
+    Reports fall back to scanning the images table, with the same results, whenever the aggregates
+    are missing or older than the table."""
+    import dataclasses
+    import json
+
+    from .rollup import rollup
+
+    summary = rollup(db, table, list(columns) or None, max_groups=max_groups,
+                     storage_options=_storage_options(storage_options))
+    click.echo(json.dumps(dataclasses.asdict(summary), indent=1) if as_json else summary.text())
+
+
 @main.command("edit")
 @_DB_OPTION
 @click.option("--remove-concept", "remove", multiple=True, required=True, help="Concept to remove (repeatable).")

@@ -948,6 +948,9 @@ def ingest(
     except Exception as exc:  # indexes and compaction are optimisations: report, do not fail the run
         summary.notes.append(f"index/compaction step skipped ({str(exc)[:200]}); the data is complete, "
                              "the next run retries it")
+    note = _refresh_rollup(store)
+    if note:
+        summary.notes.append(note)
     summary.seconds = time.perf_counter() - t_start
     summary.rows_in_table = store.count()
     return summary
@@ -963,6 +966,20 @@ def _default_start_method() -> str:
 def _default_workers() -> int:
     n = os.cpu_count() or 1
     return max(1, min(8, n))
+
+
+def _refresh_rollup(store: ImageStore) -> str | None:
+    """Rebuild the report aggregates (rollup.py) for the table as it now is. An optimisation like the
+    indexes: a failure is reported, and the reports scan the images table meanwhile."""
+    from .rollup import rollup
+    from .store import _table_names
+
+    try:
+        if store.count() and store.concepts_name in _table_names(store.conn):
+            rollup(store.conn, store.name, storage_options=store.storage_options)
+    except Exception as exc:
+        return f"report aggregates not rebuilt ({str(exc)[:200]}); `lance-concepts rollup` retries"
+    return None
 
 
 def _compact(store: ImageStore, min_fragments: int = 16) -> None:
@@ -1439,6 +1456,7 @@ def decompose_table(
         store.ensure_indexes(force=True)
     except Exception:
         pass
+    _refresh_rollup(store)
     rows = stats["rows"]
     return DecomposeSummary(db=str(db), table=table, rows=rows, vocabulary=f"{voc.name} ({len(voc)} concepts)",
                             l1_penalty=float(l1), concept_version=old_version + 1,

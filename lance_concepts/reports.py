@@ -560,7 +560,7 @@ def drift(db, time_column: str = "timestamp", every: str = "month", *, concepts:
           top: int = 10, reference: str | None = None, min_weight: float = 0.0, alpha: float = 0.05,
           min_change: float = 0.10, min_support: int = 10, n_trend: int = 5, where: str | None = None,
           params: Mapping[str, Any] | None = None, weight_intervals: bool = False, materialize: bool = False,
-          table: str = "images") -> DriftResult:
+          table: str = "images", engine: str = "auto") -> DriftResult:
     """Concept prevalence and mean weight per time window, and what changed.
 
     ``time_column``: a timestamp/date column of ``images``; ``every``: day | week | month | quarter |
@@ -576,6 +576,8 @@ def drift(db, time_column: str = "timestamp", every: str = "month", *, concepts:
     ``where``: optional SQL condition on ``images`` (with ``$name`` parameters in ``params``).
     ``weight_intervals``: also the 95% intervals of the mean weights (one more sum per posting: about
     a third slower at a million images; the columns are null without it).
+    ``engine``: where the counts come from (:func:`lance_concepts.sql.concept_crosstab`): 'auto' reads
+    the table's rollup (:mod:`lance_concepts.rollup`) when it is up to date and can answer, else scans.
     """
     con, owned = _open(db, materialize=materialize, table=table)
     try:
@@ -585,7 +587,7 @@ def drift(db, time_column: str = "timestamp", every: str = "month", *, concepts:
             raise InputError(f"--every must be one of {', '.join(_sql.WINDOWS)}; got {every!r}")
         chosen = [st.names.id(c) for c in _as_list(concepts)]
         ct = _sql.concept_crosstab(con, time_column, every=every, where=where, params=params,
-                                   min_weight=min_weight, second_moment=weight_intervals)
+                                   min_weight=min_weight, second_moment=weight_intervals, engine=engine)
         if not ct.groups:
             raise InputError(f"no images with concepts and a {time_column!r} value"
                              + (" matching the condition" if where else ""))
@@ -920,7 +922,7 @@ def spurious(db, label_column: str = "label", split_column: str | None = None, *
              min_change: float = 0.10, split_reference: str | None = None, label_match: str = "auto",
              label_threshold: float = LABEL_MATCH_THRESHOLD, where: str | None = None,
              params: Mapping[str, Any] | None = None, materialize: bool = False,
-             table: str = "images") -> SpuriousResult:
+             table: str = "images", engine: str = "auto") -> SpuriousResult:
     """Concepts over-represented in each label compared with the other labels.
 
     For label L and concept c: ``prevalence`` = share of L's images with weight > ``min_weight``,
@@ -934,7 +936,7 @@ def spurious(db, label_column: str = "label", split_column: str | None = None, *
 
     With ``split_column``: for every label, the concepts whose prevalence differs between a split and
     the reference split (``split_reference``, default the largest split): two-sided test, BH,
-    |change| >= ``min_change``.
+    |change| >= ``min_change``. ``engine``: as for :func:`drift`.
     """
     con, owned = _open(db, materialize=materialize, table=table)
     try:
@@ -943,7 +945,7 @@ def spurious(db, label_column: str = "label", split_column: str | None = None, *
         groups = [label_column] + ([split_column] if split_column else [])
         if split_column:
             _sql.check_column(con, split_column, what="split column")
-        ct = _sql.concept_crosstab(con, groups, where=where, params=params, min_weight=min_weight)
+        ct = _sql.concept_crosstab(con, groups, where=where, params=params, min_weight=min_weight, engine=engine)
         if not ct.groups:
             raise InputError(f"no images with concepts and a {label_column!r} value")
         if split_column:

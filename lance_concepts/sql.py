@@ -838,7 +838,9 @@ def concept_crosstab(con, group: str | Sequence[str] | None = None, *, every: st
     The sparse group-by runs in numpy (``bincount`` over group * n_concepts + concept id): one pass
     over the parallel lists, no unnest and no hash table. ``engine="lance"`` reads the columns
     straight from the Lance dataset (the default when there is no ``where`` / ``group_sql`` and the
-    table is not materialized); ``engine="duckdb"`` lets DuckDB evaluate the expressions and filter.
+    table is not materialized); ``engine="duckdb"`` lets DuckDB evaluate the expressions and filter;
+    ``engine="rollup"`` reads the pre-aggregated ``<table>_rollup`` (:mod:`lance_concepts.rollup`),
+    which ``"auto"`` uses first whenever it is up to date and can answer (no ``where``, threshold 0).
     DuckDB's own ``unnest ... GROUP BY`` gives the same numbers (the ``sql/`` queries; the tests
     compare them) and is several times slower at a million images (BENCHMARKS.md).
     """
@@ -850,8 +852,18 @@ def concept_crosstab(con, group: str | Sequence[str] | None = None, *, every: st
         raise InputError("concept_crosstab needs group columns or group_sql")
     for c in cols:
         check_column(con, c, what="group column")
-    acc = _Accumulator(st.names.size, max(len(cols), 1), min_weight, second_moment)
     ds = st.sources.get("images")
+    if engine in ("auto", "rollup") and where is None and group_sql is None and ds is not None:
+        from .rollup import load_crosstab, rollup_table_name
+
+        ct = load_crosstab(ds, st.sources.get(rollup_table_name(st.table)), cols, every, n_concepts=st.names.size,
+                           min_weight=min_weight, second_moment=second_moment)
+        if ct is not None:
+            return ct
+    if engine == "rollup":
+        raise InputError("the rollup cannot answer this query (missing or out of date, a where condition, "
+                         "min_weight > 0, or a grouping it does not hold): run `lance-concepts rollup`")
+    acc = _Accumulator(st.names.size, max(len(cols), 1), min_weight, second_moment)
     use_lance = (engine == "lance" or (engine == "auto" and not st.materialized and where is None
                                         and group_sql is None and ds is not None))
     if use_lance and every is not None:
