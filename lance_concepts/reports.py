@@ -29,6 +29,8 @@ Statistics, in plain words
 """
 from __future__ import annotations
 
+import functools
+
 import base64
 import csv
 import datetime as _dt
@@ -155,12 +157,12 @@ def _tail_outward(x, N, K, n, upper):
             steps = np.arange(wmax - 1)[None, :]
             d = np.where(up, 1.0, -1.0)[:, None]
             k = xi[:, None] + d * steps  # the value we step from
+            Kc, nc, rest = Ki[:, None], ni[:, None], (Ni - Ki - ni)[:, None]
+            # pmf(k + 1) / pmf(k) upward, pmf(k - 1) / pmf(k) downward: one log per term
+            num = np.where(up[:, None], (Kc - k) * (nc - k), k * (rest + k))
+            den = np.where(up[:, None], (k + 1) * (rest + k + 1), (Kc - k + 1) * (nc - k + 1))
             with np.errstate(invalid="ignore", divide="ignore"):
-                r_up = (np.log((Ki[:, None] - k) * (ni[:, None] - k))
-                        - np.log((k + 1) * (Ni[:, None] - Ki[:, None] - ni[:, None] + k + 1)))
-                r_dn = (np.log(k * (Ni[:, None] - Ki[:, None] - ni[:, None] + k))
-                        - np.log((Ki[:, None] - k + 1) * (ni[:, None] - k + 1)))
-            ratio = np.where(up[:, None], r_up, r_dn)
+                ratio = np.log(num / den)
             ratio = np.where(steps < (width[idx, None] - 1), ratio, -np.inf)
             logp = np.concatenate([logp0[:, None], logp0[:, None] + np.cumsum(ratio, axis=1)], axis=1)
             out[idx] = np.minimum(1.0, np.exp(logp).sum(axis=1))
@@ -755,6 +757,7 @@ def _lemma(tok: str) -> str:
     return t
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _lemmas(text: str) -> tuple[str, ...]:
     text = unicodedata.normalize("NFKC", str(text)).casefold().replace("_", " ")
     return tuple(_lemma(t) for t in _WORD.findall(text))

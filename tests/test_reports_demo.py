@@ -130,3 +130,14 @@ def test_spurious_circle_concepts_mark_grass(con, truth):
     assert max(grassy) >= 0.8
     html = R.report(con, str(S._state(con).db) + ".html", split_column="split")
     assert html.stat().st_size > 50_000
+
+
+def test_ingest_leaves_aggregates_the_reports_read(con):
+    """ingest ends by building the rollup: the reports read it, and it says what a scan says."""
+    fast, scan = R.drift(con), R.drift(con, engine="lance")
+    assert fast.params["engine"] == "rollup" and scan.params["engine"] == "lance"
+    assert fast.alerts == scan.alerts and fast.table.column("n_present") == scan.table.column("n_present")
+    sp_fast, sp_scan = R.spurious(con, "label", "split", label_match="none"), \
+        R.spurious(con, "label", "split", label_match="none", engine="lance")
+    assert sp_fast.params["engine"] == "rollup"
+    assert sp_fast.table.column("concept") == sp_scan.table.column("concept")
