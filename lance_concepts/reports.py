@@ -101,23 +101,40 @@ def wilson_interval(k, n, z: float = 1.959963984540054):
     return lo, hi
 
 
-def _fisher_tail(x, N, K, n, upper):
+def _fisher_tail(x, N, K, n, upper, screen: float | None = None):
     """P(X >= x) where ``upper`` else P(X <= x), X ~ Hypergeometric(population N, K successes, n draws),
     vectorised. A tail that does not contain the mode is summed from x outward (the terms fall off
-    fast); one that does is 1 minus the opposite tail, which does not."""
+    fast); one that does is 1 minus the opposite tail, which does not.
+
+    ``screen``: only tails <= ``screen`` are needed exactly: a tail whose first term pmf(x) already
+    exceeds it is returned as that term (a lower bound, still > ``screen``) without the sum."""
     x, N, K, n = (np.asarray(a, dtype=np.float64) for a in (x, N, K, n))
     x, N, K, n = np.broadcast_arrays(x, N, K, n)
     upper = np.broadcast_to(np.asarray(upper, dtype=bool), x.shape)
     mode = np.floor((n + 1) * (K + 1) / (N + 2))
     direct = np.where(upper, x > mode, x < mode)
     out = np.empty(x.shape)
+    comp = ~direct
+    if screen is not None and direct.any():
+        first = np.exp(_log_pmf(x, N, K, n))
+        over = direct & (first > screen)
+        out[over] = first[over]
+        direct = direct & ~over
     if direct.any():
         out[direct] = _tail_outward(x[direct], N[direct], K[direct], n[direct], upper[direct])
-    comp = ~direct
     if comp.any():
         xo = np.where(upper[comp], x[comp] - 1, x[comp] + 1)
         out[comp] = 1.0 - _tail_outward(xo, N[comp], K[comp], n[comp], ~upper[comp])
     return np.clip(out, 0.0, 1.0)
+
+
+def _log_pmf(x, N, K, n):
+    """log P(X = x), X ~ Hypergeometric(N, K, n), from log-gamma."""
+    from scipy.special import gammaln
+
+    return (gammaln(K + 1) - gammaln(x + 1) - gammaln(K - x + 1)
+            + gammaln(N - K + 1) - gammaln(n - x + 1) - gammaln(N - K - n + x + 1)
+            - gammaln(N + 1) + gammaln(n + 1) + gammaln(N - n + 1))
 
 
 def _tail_outward(x, N, K, n, upper):
@@ -150,9 +167,7 @@ def _tail_outward(x, N, K, n, upper):
         i = j
         wmax = int(width[idx].max())
         Ki, Ni, ni, xi, up = K[idx], N[idx], n[idx], x[idx], upper[idx]
-        logp0 = (gammaln(Ki + 1) - gammaln(xi + 1) - gammaln(Ki - xi + 1)
-                 + gammaln(Ni - Ki + 1) - gammaln(ni - xi + 1) - gammaln(Ni - Ki - ni + xi + 1)
-                 - gammaln(Ni + 1) + gammaln(ni + 1) + gammaln(Ni - ni + 1))
+        logp0 = _log_pmf(xi, Ni, Ki, ni)
         if wmax > 1:
             steps = np.arange(wmax - 1)[None, :]
             d = np.where(up, 1.0, -1.0)[:, None]
@@ -171,12 +186,17 @@ def _tail_outward(x, N, K, n, upper):
     return out
 
 
-def proportion_test(x1, n1, x2, n2, alternative: str = "two-sided", min_expected: float = 5.0):
+def proportion_test(x1, n1, x2, n2, alternative: str = "two-sided", min_expected: float = 5.0,
+                    screen: float | None = None):
     """p-values of H0: p1 == p2 for counts x1/n1 vs x2/n2 (vectorised).
 
     Pooled two-proportion z-test where all four expected cell counts are >= ``min_expected``; Fisher's
     exact test (hypergeometric) elsewhere (two-sided: twice the tail on the observed side, capped at 1).
-    ``alternative``: 'two-sided', 'greater' (p1 > p2) or 'less'."""
+    ``alternative``: 'two-sided', 'greater' (p1 > p2) or 'less'.
+
+    ``screen``: the caller needs exact p-values only where p <= ``screen`` (Benjamini-Hochberg at level
+    alpha: a p-value above alpha can only give q > alpha, and only its being above alpha matters for
+    the others' ranks). Exact tests whose p is certainly above it return a lower bound above it."""
     from scipy.special import ndtr
 
     if alternative not in ("two-sided", "greater", "less"):
@@ -203,24 +223,32 @@ def proportion_test(x1, n1, x2, n2, alternative: str = "two-sided", min_expected
         xs, Ns, Ks, ns = x1[small], N[small], K[small], n1[small]
         if alternative == "two-sided":  # twice the tail on the observed side
             side = xs > ns * Ks / Ns
-            p[small] = np.minimum(1.0, 2 * _fisher_tail(xs, Ns, Ks, ns, side))
+            p[small] = np.minimum(1.0, 2 * _fisher_tail(xs, Ns, Ks, ns, side,
+                                                        None if screen is None else screen / 2))
         else:
-            p[small] = _fisher_tail(xs, Ns, Ks, ns, alternative == "greater")
+            p[small] = _fisher_tail(xs, Ns, Ks, ns, alternative == "greater", screen)
     return np.clip(np.nan_to_num(p, nan=1.0), 0.0, 1.0)
 
 
-def benjamini_hochberg(p) -> np.ndarray:
+def benjamini_hochberg(p, n_tests: int | None = None) -> np.ndarray:
     """Benjamini-Hochberg q-values (false discovery rate) of a family of p-values (same result as
-    ``scipy.stats.false_discovery_control(p, method='bh')``)."""
+    ``scipy.stats.false_discovery_control(p, method='bh')``).
+
+    ``n_tests``: the size of the family when ``p`` holds only its p-values <= some alpha (every omitted
+    one above alpha): the q-values below alpha are then exactly those of the whole family (an omitted
+    p gives p * m / rank > alpha, so it never lowers a q-value below alpha), and the others are at
+    least alpha in both."""
     p = np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
-    m = p.size
-    if m == 0:
+    m = p.size if n_tests is None else int(n_tests)
+    if m < p.size:
+        raise ValueError(f"n_tests={m} is smaller than the {p.size} p-values given")
+    if p.size == 0:
         return p.copy()
     flat = p.ravel()
     order = np.argsort(flat, kind="stable")
-    ranked = flat[order] * m / np.arange(1, m + 1)
+    ranked = flat[order] * m / np.arange(1, flat.size + 1)
     q = np.minimum.accumulate(ranked[::-1])[::-1]
-    out = np.empty(m)
+    out = np.empty(flat.size)
     out[order] = np.minimum(q, 1.0)
     return out.reshape(p.shape)
 
@@ -1001,10 +1029,13 @@ def _over_represented(labels, n, present, wsum, names, excluded, min_support, mi
         up = (a / nl) > (b / np.maximum(no, 1))
     p = np.ones(len(a))
     if up.any():
-        p[up] = proportion_test(a[up], nl[up], b[up], no[up], "greater")
-    q = benjamini_hochberg(p)
+        # exact only where it can matter: a pair with p > alpha cannot get q < alpha (see screen)
+        p[up] = proportion_test(a[up], nl[up], b[up], no[up], "greater", screen=alpha)
+    # q < alpha needs p <= alpha, and the larger p-values only count (n_tests): BH over the small ones
+    q = np.ones(len(p))
+    small = np.flatnonzero(p <= alpha)
+    q[small] = benjamini_hochberg(p[small], n_tests=len(p))
     lf = lift(a, nl, tot[ci], N)
-    npm = npmi(a, nl, tot[ci], N)
     with np.errstate(invalid="ignore", divide="ignore"):
         prev = a / nl
         prev_o = np.where(no > 0, b / no, np.nan)
@@ -1019,6 +1050,8 @@ def _over_represented(labels, n, present, wsum, names, excluded, min_support, mi
     delta = prev - prev_o
     # strongest first within each label: prevalence difference, then lift
     idx = idx[np.lexsort((-lf[idx], -delta[idx], li[idx]))]
+    npm = np.full(len(a), np.nan)
+    npm[idx] = npmi(a[idx], nl[idx], tot[ci[idx]], N)
     out = {k: [] for k in ("label", "concept", "rank", "n_label", "n_present", "prevalence", "prevalence_other",
                            "change", "lift", "npmi", "mean_weight", "mean_weight_other", "p_value", "q_value")}
     per = {}

@@ -70,6 +70,37 @@ def test_proportion_test_against_references():
     assert out.shape == (2,) and out[0] > 0.9 and out[1] < 1e-6
 
 
+def test_screened_exact_tests_keep_every_q_value_below_alpha():
+    """proportion_test(screen=alpha) skips exact tails that cannot be <= alpha: the p-values at or below
+    alpha, and so every BH q-value below alpha, are the exact ones; the others stay above alpha."""
+    rng = np.random.default_rng(7)
+    m = 20000
+    n1 = rng.integers(50, 20000, m)
+    n2 = rng.integers(1000, 200000, m)
+    base = rng.uniform(0, 0.002, m)
+    boost = np.where(rng.random(m) < 0.1, rng.uniform(2, 12, m), 1.0)  # a tenth really over-represented
+    x1 = rng.binomial(n1, np.minimum(base * boost, 1))
+    x2 = rng.binomial(n2, base)
+    exact = R.proportion_test(x1, n1, x2, n2, "greater")
+    fast = R.proportion_test(x1, n1, x2, n2, "greater", screen=0.05)
+    low = exact <= 0.05
+    assert 0.02 < low.mean() < 0.5  # both sides of the screen are exercised
+    np.testing.assert_array_equal(fast[low], exact[low])
+    assert (fast[~low] > 0.05).all() and (fast[~low] <= exact[~low] + 1e-12).all()
+    q_exact, q_fast = R.benjamini_hochberg(exact), R.benjamini_hochberg(fast)
+    sig = q_exact < 0.05
+    assert sig.any()
+    np.testing.assert_array_equal(q_fast < 0.05, sig)
+    np.testing.assert_allclose(q_fast[sig], q_exact[sig], rtol=1e-12)
+    # BH over the p-values <= alpha alone, told the family's size, gives the same q-values below alpha
+    small = fast <= 0.05
+    q_sub = R.benjamini_hochberg(fast[small], n_tests=m)
+    np.testing.assert_allclose(q_sub[q_sub < 0.05], q_exact[small][q_sub < 0.05], rtol=1e-12)
+    np.testing.assert_array_equal(q_sub < 0.05, sig[small])
+    with pytest.raises(ValueError):
+        R.benjamini_hochberg([0.1, 0.2], n_tests=1)
+
+
 def test_benjamini_hochberg_matches_scipy():
     from scipy import stats
 
