@@ -27,7 +27,7 @@ _EXPORTS = {
     "filter": "reports", "drift": "reports", "spurious": "reports", "report": "reports",
     "FalconExplainer": "falcon", "index": "search", "edit": "search",
 }
-# ingest(), sql(), falcon(), search() and demo() share their module's name: call them as
+# ingest(), sql(), rollup(), falcon(), search() and demo() share their module's name: call them as
 # lance_concepts.ingest.ingest(...) etc. (or `from lance_concepts.ingest import ingest`).
 
 __all__ = ["__version__", *_EXPORTS]
