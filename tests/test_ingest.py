@@ -290,6 +290,22 @@ def test_decompose_table_new_version(tmp_path, enc, vocab):
         dense[after[i]["concept_ids"]] = after[i]["concept_weights"]
         np.testing.assert_allclose(dense, w, atol=1e-6)
     assert np.mean([after[i]["l0"] for i in ids]) > np.mean([before[i]["l0"] for i in ids])  # smaller l1: denser
+    # the report aggregates were rebuilt for the new weights: they describe the table as it now is
+    from lance_concepts import sql as S
+
+    con = S.connect(str(db))
+    ct = S.concept_crosstab(con, "label")
+    assert ct.engine == "rollup"
+    want = {lab: sum(1 for r in after.values() if r["label"] == lab and r["concept_ids"] is not None)
+            for lab in ct.groups}
+    assert dict(zip(ct.groups, ct.n.tolist())) == want and sum(want.values()) == 15
+    present = {lab: np.zeros(len(vocab), int) for lab in ct.groups}
+    for r in after.values():
+        if r["concept_ids"]:
+            present[r["label"]][r["concept_ids"]] += 1
+    for g, lab in enumerate(ct.groups):
+        np.testing.assert_array_equal(ct.present[g], present[lab])
+    con.close()
     assert meta["l1_penalty"] == 0.05 and meta["concept_version"] == 2
     hist = meta["concept_history"][-1]
     assert hist["l1_penalty"] == 0.25 and hist["concept_version"] == 1
