@@ -57,6 +57,7 @@ __all__ = [
     "create_demo_model",
     "train",
     "evaluate",
+    "evaluate_crops",
 ]
 
 DEMO_MODEL_NAME = "lance-concepts-demo"
@@ -251,14 +252,17 @@ def _where(rng, b, word):
 
 
 def sample_caption(rng: np.random.Generator, shape: str, colour: str, background: str,
-                   kind: str | None = None, p_syn: float = 0.12) -> tuple[str, dict]:
+                   kind: str | None = None, p_syn: float = 0.12, visible=None) -> tuple[str, dict]:
     """A random caption of the scene and the attributes it pins down (the others are free).
 
     ``kind``: ``"word"`` (one raw word), ``"partial"`` (one or two attributes in a phrase),
-    ``"full"`` (all three), or None (random).
+    ``"full"`` (all three), or None (random). ``visible``: the attributes a crop of the scene
+    shows (None: all three); the caption names only those.
     """
     if kind is None:
         kind = ("word", "partial", "full")[int(rng.choice(3, p=[0.35, 0.4, 0.25]))]
+    if visible is not None and set(visible) != set(_ATTRS):
+        return _visible_caption(rng, shape, colour, background, kind, p_syn, tuple(a for a in _ATTRS if a in visible))
     c = _word(rng, colour, p_syn)
     s = _word(rng, shape, p_syn)
     b = _word(rng, background, p_syn)
@@ -297,6 +301,68 @@ def sample_caption(rng: np.random.Generator, shape: str, colour: str, background
     text = pick([f"a photo of a {c} {s} {where}", f"a {c} {s} {where}", f"a picture of a {c} {s} {where}",
                  f"{c} {s} {where}", f"a {c} {s} drawn {where}", f"a photo of a {c} {s}, {where}"])
     return text, {"colour": colour, "shape": shape, "background": background}
+
+
+def _visible_caption(rng, shape, colour, background, kind, p_syn, visible):
+    """A caption naming only the ``visible`` attributes (a crop's): one raw word, or a phrase."""
+    truth = {"colour": colour, "shape": shape, "background": background}
+    if kind == "word" or len(visible) == 1 and rng.random() < 0.5:
+        attr = visible[int(rng.integers(len(visible)))]
+        return _word(rng, truth[attr], p_syn), {attr: truth[attr]}
+    if kind == "full":
+        which = visible
+    else:
+        subsets = [(a,) for a in visible] + [(a, b) for i, a in enumerate(visible) for b in visible[i + 1:]]
+        which = subsets[int(rng.integers(len(subsets)))]
+    c, s, b = _word(rng, colour, p_syn), _word(rng, shape, p_syn), _word(rng, background, p_syn)
+    where = _where(rng, background, b)
+    pick = lambda opts: opts[int(rng.integers(len(opts)))]  # noqa: E731
+    phrases = {
+        ("colour",): [f"a {c} shape", f"{c} shape", f"something {c}", f"the colour {c}", f"a photo of something {c}"],
+        ("shape",): [f"a {s}", f"a photo of a {s}", f"a {s} shape", f"{s} shape", f"the {s}"],
+        ("background",): [where, f"a photo of {b}", f"{b} background", f"a photo of something {where}",
+                          f"{b} texture", f"{BACKGROUND_ADJECTIVE[background]} {background}"],
+        ("colour", "shape"): [f"{c} {s}", f"a {c} {s}", f"a photo of a {c} {s}", f"the {c} {s}"],
+        ("shape", "background"): [f"a {s} {where}", f"a photo of a {s} {where}", f"{s} {where}"],
+        ("colour", "background"): [f"a {c} shape {where}", f"{c} {where}", f"something {c} {where}"],
+        ("colour", "shape", "background"): [f"a {c} {s} {where}", f"a photo of a {c} {s} {where}"],
+    }
+    return pick(phrases[which]), {a: truth[a] for a in which}
+
+
+#: What a random crop must show for its caption to name an attribute: the shape's fill covers at
+#: least this share of the crop (colour), at least this share of the shape is inside the crop
+#: (shape), and the background covers at least this share of the crop (background).
+CROP_VISIBILITY = {"colour": 0.12, "shape": 0.85, "background": 0.5}
+
+
+def random_crop(rng: np.random.Generator, image, mask: np.ndarray, area=(0.08, 0.6), ratio=(0.75, 4 / 3),
+                p_on_shape: float = 0.5):
+    """A random crop of a rendered scene, resized back to the image size (bicubic, as FALCON's
+    GradCAM crops are), and the attributes it shows (:data:`CROP_VISIBILITY`). With probability
+    ``p_on_shape`` the crop is centred on a random pixel of the shape, else anywhere."""
+    from PIL import Image
+
+    s = image.size[0]
+    a = rng.uniform(*area) * s * s
+    r = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+    w = int(round(min(s, max(4, math.sqrt(a * r)))))
+    h = int(round(min(s, max(4, math.sqrt(a / r)))))
+    if rng.random() < p_on_shape and mask.any():
+        ys, xs = np.nonzero(mask)
+        k = int(rng.integers(len(xs)))
+        x0 = int(np.clip(xs[k] - w // 2, 0, s - w))
+        y0 = int(np.clip(ys[k] - h // 2, 0, s - h))
+    else:
+        x0, y0 = int(rng.integers(s - w + 1)), int(rng.integers(s - h + 1))
+    inside = mask[y0:y0 + h, x0:x0 + w]
+    fill = inside.mean()
+    covered = inside.sum() / max(1, mask.sum())
+    visible = tuple(attr for attr, ok in (("colour", fill >= CROP_VISIBILITY["colour"]),
+                                          ("shape", covered >= CROP_VISIBILITY["shape"]),
+                                          ("background", 1 - fill >= CROP_VISIBILITY["background"])) if ok)
+    crop = image.crop((x0, y0, x0 + w, y0 + h)).resize((s, s), Image.BICUBIC)
+    return crop, visible
 
 
 _POOLS = {"colour": world.COLOURS, "shape": world.SHAPES, "background": world.BACKGROUNDS}
@@ -351,7 +417,8 @@ def _to_tensor(images, mean, std):
 
 
 def _match_matrix(scenes, truths):
-    """M[i, j] = 1 when caption j's pinned attributes all hold in scene i (None truth: matches nothing)."""
+    """M[i, j] = 1 when caption j's pinned attributes all hold in scene i (None truth: matches nothing;
+    a scene attribute None, one a crop does not show, matches no caption that pins it)."""
     m = np.zeros((len(scenes), len(truths)), dtype=np.float32)
     for j, t in enumerate(truths):
         if t is None:
@@ -401,15 +468,18 @@ def train(out=None, *, seed: int = 0, steps: int = 1200, batch_size: int = 96, c
           threads: int = 1, log_every: int = 50, eval_every: int = 0, verbose: bool = True,
           model_cfg: dict | None = None, group_size: int = 4, vary_p=(0.25, 0.5, 0.25),
           attribute_weight: float = 1.0, attribute_mix=(0.5, 1.0, 0.5), separation_weight: float = 1.0,
-          composition_weight: float = 0.0, grad_clip: float = 1.0, init=None):
+          composition_weight: float = 0.0, grad_clip: float = 1.0, init=None, crop_p: float = 0.0,
+          crop_area=(0.08, 0.6), crop_on_shape: float = 0.5):
     """Train the demo model from scratch on freshly rendered images; save float16 weights to ``out``.
 
     Loss: CLIP's symmetric contrastive loss with multi-positive targets (a caption such as "red"
     is a positive for every red image in the batch). Batches are made of small groups of scenes
     that differ in one attribute only (see :func:`sample_scenes`). Each image gets ``captions_per_image``
     captions (one raw word, one partial, one full); ``n_negatives`` words from
-    :data:`NEGATIVE_WORDS` per step are captions that match no image. Deterministic given ``seed``
-    (and the thread count). Returns the trained model.
+    :data:`NEGATIVE_WORDS` per step are captions that match no image. With ``crop_p`` > 0, that share
+    of the images are random crops of their scene resized back to full size (:func:`random_crop`),
+    captioned only with what the crop shows, so that FALCON's GradCAM crops are in distribution.
+    Deterministic given ``seed`` (and the thread count). Returns the trained model.
     """
     import open_clip
     import torch
@@ -447,23 +517,41 @@ def train(out=None, *, seed: int = 0, steps: int = 1200, batch_size: int = 96, c
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         scenes = sample_scenes(rng, batch_size, group_size, vary_p)
-        images = [world.render(s, c, b, size=size, rng=rng) for s, c, b in scenes]
+        if crop_p:
+            images, views = [], []
+            for s, c, b in scenes:
+                im, mask = world.render_with_mask(s, c, b, size=size, rng=rng)
+                vis = _ATTRS
+                if rng.random() < crop_p:
+                    im, vis = random_crop(rng, im, mask, area=crop_area, p_on_shape=crop_on_shape)
+                images.append(im)
+                views.append(tuple(v if a in vis else None for a, v in zip(("shape", "colour", "background"),
+                                                                             (s, c, b))))
+        else:
+            images = [world.render(s, c, b, size=size, rng=rng) for s, c, b in scenes]
+            views = scenes
         caps = {}
-        for s, c, b in scenes:
+        for (s, c, b), (vs, vc, vb) in zip(scenes, views):
+            vis = None if crop_p == 0 else tuple(a for a, v in zip(("shape", "colour", "background"), (vs, vc, vb))
+                                                 if v is not None)
             for k in range(captions_per_image):
-                text, truth = sample_caption(rng, s, c, b, kind=kinds[k % 3])
+                text, truth = sample_caption(rng, s, c, b, kind=kinds[k % 3], visible=vis)
                 caps.setdefault(text, truth)
         neg = [NEGATIVE_WORDS[i] for i in rng.choice(len(NEGATIVE_WORDS), size=n_negatives, replace=False)]
         texts = list(caps) + neg
         n_pos = len(caps)
-        match = torch.from_numpy(_match_matrix(scenes, list(caps.values()) + [None] * len(neg)))  # (B, T)
+        match = torch.from_numpy(_match_matrix(views, list(caps.values()) + [None] * len(neg)))  # (B, T)
+        has = match[:, :n_pos].sum(1) > 0                  # every image has a positive caption, but be safe
 
         x = _to_tensor(images, mean, std)
         img = F.normalize(model.encode_image(x), dim=-1)
         txt = F.normalize(encode_text_truncated(model, tokenizer(texts)), dim=-1)
         scale = model.logit_scale.exp()
         logits = scale * img @ txt.T                                       # (B, T)
-        loss_i2t = -(match / match.sum(1, keepdim=True) * F.log_softmax(logits, dim=1)).sum(1).mean()
+        if crop_p:
+            loss_i2t = -(match[has] / match[has].sum(1, keepdim=True) * F.log_softmax(logits[has], dim=1)).sum(1).mean()
+        else:
+            loss_i2t = -(match / match.sum(1, keepdim=True) * F.log_softmax(logits, dim=1)).sum(1).mean()
         pos = match[:, :n_pos]
         lt = logits[:, :n_pos].T                                           # (T', B)
         loss_t2i = -(pos.T / pos.sum(0)[:, None] * F.log_softmax(lt, dim=1)).sum(1).mean()
@@ -475,11 +563,14 @@ def train(out=None, *, seed: int = 0, steps: int = 1200, batch_size: int = 96, c
             emb = F.normalize(encode_text_truncated(model, tokenizer(names)), dim=-1)
             sims = scale * img @ emb.T
             start = 0
-            truth = _scene_dicts(scenes)
+            truth = _scene_dicts(views)
             for a, attr in enumerate(_ATTRS):
                 k = len(_POOLS[attr])
-                target = torch.tensor([_POOLS[attr].index(sc[a]) for sc in truth])
-                loss = loss + attribute_weight * attribute_mix[a] * F.cross_entropy(sims[:, start:start + k], target)
+                seen = torch.tensor([sc[a] is not None for sc in truth])
+                target = torch.tensor([_POOLS[attr].index(sc[a]) if sc[a] is not None else -100 for sc in truth])
+                if seen.any():
+                    loss = loss + attribute_weight * attribute_mix[a] * F.cross_entropy(
+                        sims[:, start:start + k], target, ignore_index=-100)
                 if separation_weight:
                     # Keep the words of one attribute apart in text space. Without this, a word
                     # family whose visual cue is not learned yet (shapes) collapses to one text
@@ -497,13 +588,14 @@ def train(out=None, *, seed: int = 0, steps: int = 1200, batch_size: int = 96, c
             wemb = F.normalize(encode_text_truncated(model, tokenizer(words)), dim=-1)
             target = torch.zeros(len(scenes), wemb.shape[1])
             start = 0
-            truth = _scene_dicts(scenes)
+            truth = _scene_dicts(views)
             for a, attr in enumerate(_ATTRS):
                 k = len(_POOLS[attr])
                 block = wemb[start:start + k]
                 centred = F.normalize(block - block.mean(0, keepdim=True), dim=-1)
-                idx = torch.tensor([_POOLS[attr].index(sc[a]) for sc in truth])
-                target = target + centred[idx]
+                idx = torch.tensor([_POOLS[attr].index(sc[a]) if sc[a] is not None else 0 for sc in truth])
+                seen = torch.tensor([sc[a] is not None for sc in truth], dtype=centred.dtype)[:, None]
+                target = target + seen * centred[idx]
                 start += k
             centred_img = F.normalize(img - img.mean(0, keepdim=True), dim=-1)
             loss = loss + composition_weight * (1 - (centred_img * F.normalize(target, dim=-1)).sum(1)).mean()
@@ -624,6 +716,53 @@ def evaluate(model=None, *, n: int = 400, seed: int = 2024, preprocess=None, tok
                 auc[w] = _auc(raw[:, k], truth[attr] == w)
             min_auc[attr] = min(auc[w] for w in vocab[attr])
     return {"n": n, "seed": seed, "accuracy": acc, "auc": auc, "min_auc": min_auc}
+
+
+def evaluate_crops(model=None, *, n: int = 400, seed: int = 2024, preprocess=None, tokenizer=None,
+                   scale=(0.6, 1.1)) -> dict:
+    """How the model sees shape-centred crops like FALCON's GradCAM boxes: each fresh scene cropped to
+    its shape's bounding box scaled by a random factor in ``scale`` (below 1: inside the shape),
+    resized back to 64 px. Returns zero-shot colour / shape accuracy on the crops ("a photo of a {}
+    shape") and the coherence FALCON tests (mean pairwise cosine, diagonal included) of crops that
+    share their colour, their shape, or nothing (all crops), averaged over the words."""
+    import open_clip
+    import torch
+    from PIL import Image
+
+    if model is None:
+        model, preprocess, tokenizer = create_demo_model()
+    tokenizer = tokenizer or open_clip.get_tokenizer(DEMO_MODEL_NAME)
+    rng = np.random.default_rng(seed)
+    scenes = [world.random_scene(rng) for _ in range(n)]
+    crops = []
+    for s, c, b in scenes:
+        im, mask = world.render_with_mask(s, c, b, rng=rng)
+        ys, xs = np.nonzero(mask)
+        f = rng.uniform(*scale)
+        cx, cy = (xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2
+        hw, hh = f * (xs.max() + 1 - xs.min()) / 2, f * (ys.max() + 1 - ys.min()) / 2
+        box = (max(0, int(cx - hw)), max(0, int(cy - hh)), min(im.size[0], int(math.ceil(cx + hw))),
+               min(im.size[1], int(math.ceil(cy + hh))))
+        crops.append(im.crop(box).resize(im.size, Image.BICUBIC))
+    with torch.no_grad():
+        if preprocess is not None:
+            x = torch.stack([preprocess(im) for im in crops])
+        else:
+            x = _to_tensor(crops, open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)
+        img = torch.nn.functional.normalize(model.encode_image(x), dim=-1).numpy()
+
+        def enc(texts):
+            return torch.nn.functional.normalize(model.encode_text(tokenizer(texts)), dim=-1).numpy()
+
+        truth = {"shape": np.array([s for s, _, _ in scenes]), "colour": np.array([c for _, c, _ in scenes])}
+        acc, coherence = {}, {}
+        for attr, words in (("colour", world.COLOURS), ("shape", world.SHAPES)):
+            pred = np.array(words)[(img @ enc([f"a photo of a {w} shape" for w in words]).T).argmax(1)]
+            acc[attr] = float((pred == truth[attr]).mean())
+            coh = [float(np.square(img[truth[attr] == w].mean(0)).sum()) for w in words if (truth[attr] == w).any()]
+            coherence[attr] = float(np.mean(coh))
+        coherence["none"] = float(np.square(img.mean(0)).sum())
+    return {"n": n, "seed": seed, "scale": list(scale), "accuracy": acc, "coherence": coherence}
 
 
 def splice_recovery(image_emb: np.ndarray, text_emb: np.ndarray, vocab: list[str], truth: dict,

@@ -35,6 +35,7 @@ __all__ = [
     "BACKGROUND_PHRASES",
     "WorldSpec",
     "render",
+    "render_with_mask",
     "random_scene",
     "caption",
     "generate_dataset",
@@ -234,6 +235,13 @@ def render(shape: str, colour: str, background: str, *, size: int = 64, rng=None
     jitter and the background texture are random; ``rng`` (a ``numpy.random.Generator`` or an
     int seed) makes the image deterministic.
     """
+    return render_with_mask(shape, colour, background, size=size, rng=rng)[0]
+
+
+def render_with_mask(shape: str, colour: str, background: str, *, size: int = 64,
+                     rng=None) -> tuple[Image.Image, np.ndarray]:
+    """:func:`render` (the same pixels for the same ``rng``) plus the shape's boolean mask
+    ``(size, size)`` (fill and outline): the ground truth of what a crop of the scene shows."""
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
     if colour not in COLOUR_RGB:
@@ -246,6 +254,7 @@ def render(shape: str, colour: str, background: str, *, size: int = 64, rng=None
     g = _rng(rng)
     bg = _BACKGROUND_FN[background](g, s)
     img = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8), "RGB")
+    mask = Image.new("L", (s, s), 0)
 
     r = g.uniform(0.22, 0.36) * s
     margin = r * 1.1 + 1
@@ -254,13 +263,13 @@ def render(shape: str, colour: str, background: str, *, size: int = 64, rng=None
     theta = math.radians(g.uniform(-12, 12))
     fill = tuple(int(np.clip(c + j, 0, 255)) for c, j in zip(COLOUR_RGB[colour], g.integers(-14, 15, size=3)))
     width = max(1, round(s / 40))
-    draw = ImageDraw.Draw(img)
     pts = _shape_points(shape, r, theta)
-    if pts is None:
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill, outline=_OUTLINE, width=width)
-    else:
-        draw.polygon([(cx + px, cy + py) for px, py in pts], fill=fill, outline=_OUTLINE, width=width)
-    return img
+    for canvas, f, o in ((ImageDraw.Draw(img), fill, _OUTLINE), (ImageDraw.Draw(mask), 255, 255)):
+        if pts is None:
+            canvas.ellipse([cx - r, cy - r, cx + r, cy + r], fill=f, outline=o, width=width)
+        else:
+            canvas.polygon([(cx + px, cy + py) for px, py in pts], fill=f, outline=o, width=width)
+    return img, np.asarray(mask) > 0
 
 
 def random_scene(rng=None, *, colours=None, shapes=None, backgrounds=None) -> tuple[str, str, str]:
