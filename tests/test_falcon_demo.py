@@ -141,7 +141,11 @@ def _to_tensor(im):
 
 
 def _train_cnn(root, truth, steps=100, seed=0):
-    """A few seconds of colour + shape classification (one thread: the machine is shared)."""
+    """A few seconds of colour + shape classification (one thread: the machine is shared).
+
+    BatchNorm after the first two convolutions matters: without it, 100 steps leave the strongest
+    units of the last block responding to the grass texture (groups of grass images whose GradCAM
+    box is the whole image); with it, colour units emerge whose GradCAM maps sit on the shape."""
     from PIL import Image
 
     threads = torch.get_num_threads()
@@ -149,8 +153,8 @@ def _train_cnn(root, truth, steps=100, seed=0):
     try:
         torch.manual_seed(seed)
         net = nn.Sequential(
-            nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
             nn.Conv2d(32, 256, 3, padding=1), nn.ReLU(),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(256, 16))
         rows = list(truth.values())
@@ -175,15 +179,10 @@ def _train_cnn(root, truth, steps=100, seed=0):
     return net, float((out[:, :8].argmax(1) == yc).float().mean())
 
 
-@pytest.mark.xfail(reason="open (issue 6): with the v1 demo model, GradCAM crop groups of the small CNN "
-                   "have CLIP coherence ~0.6 < 0.8, and at coherence 0.5 FALCON labels them with distractor "
-                   "words ('violin', 'grass'); the pipeline runs end to end", strict=False)
 def test_small_cnn_with_gradcam_crops_end_to_end(demo_db):
     from PIL import Image
 
-    from lance_concepts.encoder import load_encoder
-    from lance_concepts.falcon import GradCAM, crop_to_box, largest_box
-    from lance_concepts.vocabulary import load_vocabulary
+    from lance_concepts.falcon import GradCAM, largest_box
 
     db, root, truth = demo_db
     net, colour_acc = _train_cnn(root, truth)
@@ -195,29 +194,24 @@ def test_small_cnn_with_gradcam_crops_end_to_end(demo_db):
     assert res.records and all(r["used_crops"] for r in res.records)
     assert "cnn" in _table(db).schema.names
     interp = [r for r in res.records if r["interpretable"]]
-    assert interp, [r["coherence"] for r in res.records]
+    assert interp, [(r["features"], round(r["coherence"], 3)) for r in res.records]
+    assert all(r["coherence"] > 0.8 for r in interp)           # FALCON's test, unchanged
     words = set().union(*(_synonyms(w) for w in dw.COLOURS + dw.SHAPES))
     hits = [bool(set((r["concepts"] + r["bigrams"])[:3]) & words) for r in interp]
-    if np.mean(hits) >= 0.5:
-        return
-    # FALCON names a group with what CLIP sees in its crops: how often does the demo CLIP model put a
-    # colour or shape word among its own top 3 (full vocabulary) for these crops?
-    enc, vocab = load_encoder("demo"), load_vocabulary("demo")
-    C = vocab.embed(enc)
-    C /= np.linalg.norm(C, axis=1, keepdims=True)
-    cam = GradCAM(net)
-    seen = []
-    for r in interp:
-        ims = [Image.open(root / truth[i]["uri"]).convert("RGB") for i in r["high_ids"][:8]]
-        maps = cam(torch.stack([_to_tensor(im) for im in ims]), r["features"])
-        e = enc.encode_images([crop_to_box(im, largest_box(m, 0.6), enc.image_size) for im, m in zip(ims, maps)])
-        top3 = np.argsort(-(e / np.linalg.norm(e, axis=1, keepdims=True)) @ C.T, axis=1)[:, :3]
-        seen += [bool({vocab.concepts[j] for j in row} & words) for row in top3]
-    cam.remove()
-    if np.mean(seen) < 0.5:
-        pytest.xfail(f"the demo CLIP model puts a colour or shape word among its top 3 for only {np.mean(seen):.0%} "
-                     "of the GradCAM crops (it was trained on whole scenes, not zoomed crops)")
     assert np.mean(hits) >= 0.5, [(r["features"], r["concepts"][:3]) for r in interp]
+    # the crops are crops: GradCAM on the last block localises the group's evidence (the shape),
+    # so the boxes of an interpretable group cover well under the whole image
+    cam = GradCAM(net)
+    try:
+        for r in interp:
+            ims = [Image.open(root / truth[i]["uri"]).convert("RGB") for i in r["high_ids"]]
+            maps = cam(torch.stack([_to_tensor(im) for im in ims]), r["features"])
+            boxes = [largest_box(m, 0.6) for m in maps]
+            assert all(b is not None for b in boxes)
+            area = np.mean([(b[2] - b[0]) * (b[3] - b[1]) for b in boxes])
+            assert area < 0.5, (r["features"], area)
+    finally:
+        cam.remove()
 
 
 def test_transfer_on_demo_images(demo_db):
