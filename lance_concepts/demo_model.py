@@ -22,13 +22,19 @@ Training captions include raw single words ("red", "circle", "grass") and partia
 ("a red shape", "a circle on grass"), so un-templated concept strings land near the images that
 contain them, as SpLiCE needs.
 
-Retrain (deterministic for a given seed and thread count): the default ``train`` runs the three
-stages of :data:`RECIPE` (3,000 steps; ~25 minutes on one idle CPU core, more on a busy one; one
+Retrain (deterministic for a given seed and thread count): the default ``train`` runs the four
+stages of :data:`RECIPE` (3,800 steps; ~30-35 minutes on one idle CPU core, more on a busy one; one
 thread is the default because on a shared 2-core machine it ran several times faster than two)::
 
     python -m lance_concepts.demo_model train --out lance_concepts/data/demo_clip.pt --seed 0
-    python -m lance_concepts.demo_model eval        # zero-shot accuracies and per-word AUCs
+    python -m lance_concepts.demo_model image-mean  # data/demo_mean.npy for the new weights
+    python -m lance_concepts.demo_model eval        # zero-shot accuracies, per-word AUCs, crops
     python -m lance_concepts.demo_model train --steps 200 --out /tmp/quick.pt   # one short stage
+
+The last stage alone (crop training, from the v1 weights of stages 1-3)::
+
+    python -m lance_concepts.demo_model train --init v1.pt --steps 800 --lr 3e-4 --warmup 50 --seed 3 \
+        --composition-weight 1.0 --crop-p 0.6 --crop-on-shape 0.7 --crop-area 0.05 0.5 --out v2.pt
 """
 from __future__ import annotations
 
@@ -624,12 +630,17 @@ def train(out=None, *, seed: int = 0, steps: int = 1200, batch_size: int = 96, c
     return model
 
 
-#: The schedule that produced the packaged weights: three stages, each a fresh AdamW with its own
-#: warm-up and cosine decay, continuing from the previous stage's float16-rounded weights.
+#: The schedule that produced the packaged weights: four stages, each a fresh AdamW with its own
+#: warm-up and cosine decay, continuing from the previous stage's float16-rounded weights. Stages
+#: 1-3 (whole scenes) gave the v1 weights; stage 4 (v2) adds random crops (60% of the images,
+#: 70% of those centred on the shape, 5-50% of the area) captioned with what they show, so that
+#: FALCON's GradCAM crops are in distribution (see :func:`evaluate_crops`).
 RECIPE: list[dict] = [
     {"steps": 1200, "lr": 1e-3, "warmup": 100, "seed_offset": 0},
     {"steps": 1000, "lr": 5e-4, "warmup": 50, "seed_offset": 1},
     {"steps": 800, "lr": 3e-4, "warmup": 50, "seed_offset": 2, "composition_weight": 1.0},
+    {"steps": 800, "lr": 3e-4, "warmup": 50, "seed_offset": 3, "composition_weight": 1.0,
+     "crop_p": 0.6, "crop_on_shape": 0.7, "crop_area": (0.05, 0.5)},
 ]
 
 
@@ -637,7 +648,7 @@ def train_recipe(out=None, *, seed: int = 0, batch_size: int = 96, threads: int 
                  verbose: bool = True, eval_every: int = 0):
     """Run :data:`RECIPE` (or ``stages``) end to end; save float16 weights to ``out``. Stage ``i``
     uses seed ``seed + seed_offset``. With the defaults this reproduces the packaged weights
-    (same thread count; about 3,000 steps, 25 minutes on one idle core)."""
+    (same thread count; 3,800 steps, about 30-35 minutes on one idle core)."""
     import torch
 
     model = None
@@ -822,6 +833,10 @@ def main(argv=None) -> int:
     t.add_argument("--init", default=None, help="start from these weights instead of a random init")
     t.add_argument("--warmup", type=int, default=100)
     t.add_argument("--composition-weight", type=float, default=0.0)
+    t.add_argument("--crop-p", type=float, default=0.0, help="share of images replaced by a random crop")
+    t.add_argument("--crop-on-shape", type=float, default=0.5, help="share of crops centred on the shape")
+    t.add_argument("--crop-area", type=float, nargs=2, default=(0.08, 0.6), metavar=("MIN", "MAX"),
+                   help="crop area range, as a share of the image")
     m = sub.add_parser("image-mean", help="recompute data/demo_mean.npy from the packaged weights")
     m.add_argument("--out", default=str(DATA_DIR / IMAGE_MEAN_FILE))
     m.add_argument("--weights", default=None)
@@ -848,7 +863,8 @@ def main(argv=None) -> int:
     elif args.cmd == "train":
         model = train(args.out, seed=args.seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                       threads=args.threads, eval_every=args.eval_every, init=args.init, warmup=args.warmup,
-                      composition_weight=args.composition_weight)
+                      composition_weight=args.composition_weight, crop_p=args.crop_p,
+                      crop_on_shape=args.crop_on_shape, crop_area=tuple(args.crop_area))
         r = evaluate(model, n=400)
     else:
         import torch
@@ -856,6 +872,9 @@ def main(argv=None) -> int:
         torch.set_num_threads(1)
         model, preprocess, tokenizer = create_demo_model(args.weights)
         r = evaluate(model, n=args.n, seed=args.seed, preprocess=preprocess, tokenizer=tokenizer)
+        rc = evaluate_crops(model, n=args.n, seed=args.seed, preprocess=preprocess, tokenizer=tokenizer)
+        print("shape-centred crops: acc " + " ".join(f"{k}={v:.3f}" for k, v in rc["accuracy"].items())
+              + " | coherence " + " ".join(f"{k}={v:.3f}" for k, v in rc["coherence"].items()))
     print(_summary(r))
     print(json.dumps(r["auc"], indent=None))
     return 0

@@ -58,6 +58,16 @@ def test_shape_is_drawn_in_its_colour():
         assert (dist < 50).sum() > 100, colour
 
 
+def test_render_with_mask_has_the_same_pixels_and_the_shape_mask():
+    for shape in w.SHAPES:
+        img, mask = w.render_with_mask(shape, "red", "water", rng=5)
+        assert np.array_equal(np.asarray(img), np.asarray(w.render(shape, "red", "water", rng=5)))
+        assert mask.shape == (64, 64) and mask.dtype == bool and 0.03 < mask.mean() < 0.5, shape
+        arr = np.asarray(img, dtype=np.int32)
+        red = np.abs(arr - np.array(w.COLOUR_RGB["red"])).sum(-1) < 50
+        assert red[~mask].sum() == 0 and red[mask].mean() > 0.5, shape    # red inside (outline aside), water outside
+
+
 def test_backgrounds_differ_in_mean_colour_or_texture():
     stats = {}
     for bg in w.BACKGROUNDS:
