@@ -1070,14 +1070,10 @@ class _Pipeline:
                             (c, t, pool.submit(_worker_run if worker_type == "process" else decoder, t))
                             for c, t, _ in pending)
                 submit()
-                for k, digest, x, err in results:
-                    item = ch[k]
-                    ident = item.id or digest
-                    if err is None:
-                        buf_items.append((item, ident))
-                        buf_x.append(x)
-                    else:
-                        errs.append((item, item.id or _error_id(item.uri), err))
+                ok, xs, bad = split_decoded(ch, results)
+                buf_items += ok
+                buf_x += xs
+                errs += bad
                 while len(buf_items) >= self.batch_size:
                     self._encode_and_send(buf_items[:self.batch_size], buf_x[:self.batch_size], errs)
                     buf_items, buf_x, errs = buf_items[self.batch_size:], buf_x[self.batch_size:], []
@@ -1134,34 +1130,8 @@ class _Pipeline:
 
     # ---------------------------------------------------------------- encode side
     def _encode_and_send(self, ok_items, xs, errs):
-        import torch
-
-        emb = None
-        if ok_items:
-            # the same image twice in one batch (content ids): keep the first
-            seen, keep = set(), []
-            for j, (_, ident) in enumerate(ok_items):
-                if ident in seen:
-                    self.summary.duplicates += 1
-                else:
-                    seen.add(ident)
-                    keep.append(j)
-            if len(keep) < len(ok_items):
-                ok_items = [ok_items[j] for j in keep]
-                xs = [xs[j] for j in keep]
-            batch = torch.from_numpy(np.stack(xs))
-            emb = np.asarray(self.enc.encode_images(batch), dtype=np.float32)
-            if emb.shape != (len(ok_items), int(self.meta["embed_dim"])):
-                raise LanceConceptsError(f"encoder returned shape {emb.shape} for {len(ok_items)} images")
-        # errors: drop ids duplicated within the batch or colliding with ok rows
-        okids = {ident for _, ident in ok_items}
-        seen_e, errs2 = set(), []
-        for e in errs:
-            if e[1] in okids or e[1] in seen_e:
-                self.summary.duplicates += 1
-                continue
-            seen_e.add(e[1])
-            errs2.append(e)
+        ok_items, emb, errs2, dups = encode_batch(self.enc, ok_items, xs, errs, int(self.meta["embed_dim"]))
+        self.summary.duplicates += dups
         work = (ok_items, emb, errs2)
         if self.voc is not None and self.mean is None:
             self._held.append(work)
@@ -1255,34 +1225,10 @@ class _Pipeline:
             self.concepts = _Concepts(self.text, self.voc, self.l1, self.mean)
             if not _concepts_table_matches(self.store, self.voc.digest):
                 self.store.write_concepts(list(self.voc), self.text, self.voc.name, self.meta)
+        batch, postings = build_rows(ok_items, emb, errs, self.concepts if self.voc is not None else None,
+                                     self._src_meta, int(self.meta["embed_dim"]))
         n_ok, n_err = len(ok_items), len(errs)
-        ids = [ident for _, ident in ok_items] + [e[1] for e in errs]
-        uris = [it.uri for it, _ in ok_items] + [e[0].uri for e in errs]
-        rows = [it.row for it, _ in ok_items] + [e[0].row for e in errs]
         n = n_ok + n_err
-        d = int(self.meta["embed_dim"])
-        cols = {"id": pa.array(ids, pa.string()), "uri": pa.array(uris, pa.string())}
-        if self._src_meta is not None:
-            sub = self._src_meta.take(pa.array(rows, pa.int64()))
-            for name in self._meta_cols:
-                cols[name] = sub.column(name)
-        emb_all = np.zeros((n, d), np.float32)
-        if n_ok:
-            emb_all[:n_ok] = emb
-        valid = np.arange(n) < n_ok
-        mask = pa.array(~valid)
-        cols["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(emb_all.reshape(-1)), d, mask=mask)
-        postings = None
-        if self.voc is not None and n_ok:
-            c_arr, w_arr, l0, cos, postings = self.concepts.columns(emb, ids[:n_ok])
-            cols["concept_ids"] = pa.concat_arrays([c_arr, pa.nulls(n_err, c_arr.type)])
-            cols["concept_weights"] = pa.concat_arrays([w_arr, pa.nulls(n_err, w_arr.type)])
-            cols["l0"] = pa.array(np.concatenate([l0, np.zeros(n_err, np.int32)]), pa.int32(), mask=~valid)
-            cols["splice_cosine"] = pa.array(np.concatenate([cos, np.zeros(n_err, np.float32)]), pa.float32(),
-                                             mask=~valid)
-        cols["status"] = pa.array(["ok"] * n_ok + ["error"] * n_err, pa.string())
-        cols["error"] = pa.array([None] * n_ok + [e[2] for e in errs], pa.string())
-        batch = pa.table(cols)
         res = self.store.write_batch(batch, postings, retry_errors=self.retry_errors)
         shortfall = n - (res["inserted"] + res["updated"])
         if shortfall > 0:  # another writer committed some of these ids first: they count as duplicates
@@ -1305,6 +1251,110 @@ class _Pipeline:
         if self.bar is not None:
             self.bar.update(n)
             self.bar.set_postfix(ok=self.summary.ok, error=self.summary.errors, refresh=False)
+
+
+# =========================================================================================== one batch
+# The per-batch work of both engines. The local pipeline runs the three steps in a decode pool, the
+# main thread and a writer thread; the Ray engine (lance_concepts.distributed) runs them one after
+# the other in an actor per batch (process_batch). Same functions, same rows.
+def split_decoded(items: Sequence[_Item], results) -> tuple[list, list, list]:
+    """Decoder results of ``items`` -> (ok [(item, id)], preprocessed arrays, errors [(item, id, message)])."""
+    ok, xs, errs = [], [], []
+    for k, digest, x, err in results:
+        item = items[k]
+        if err is None:
+            ok.append((item, item.id or digest))
+            xs.append(x)
+        else:
+            errs.append((item, item.id or _error_id(item.uri), err))
+    return ok, xs, errs
+
+
+def encode_batch(enc, ok_items, xs, errs, dim: int):
+    """Encode one batch. An id twice in the batch keeps its first image; error rows whose id is
+    also an ok row or repeats are dropped. -> (ok_items, embeddings or None, errs, n_duplicates)"""
+    dups = 0
+    emb = None
+    if ok_items:
+        seen, keep = set(), []
+        for j, (_, ident) in enumerate(ok_items):
+            if ident in seen:
+                dups += 1
+            else:
+                seen.add(ident)
+                keep.append(j)
+        if len(keep) < len(ok_items):
+            ok_items = [ok_items[j] for j in keep]
+            xs = [xs[j] for j in keep]
+        import torch
+
+        batch = torch.from_numpy(np.stack(xs))
+        emb = np.asarray(enc.encode_images(batch), dtype=np.float32)
+        if emb.shape != (len(ok_items), int(dim)):
+            raise LanceConceptsError(f"encoder returned shape {emb.shape} for {len(ok_items)} images")
+    okids = {ident for _, ident in ok_items}
+    seen_e, errs2 = set(), []
+    for e in errs:
+        if e[1] in okids or e[1] in seen_e:
+            dups += 1
+            continue
+        seen_e.add(e[1])
+        errs2.append(e)
+    return ok_items, emb, errs2, dups
+
+
+def build_rows(ok_items, emb, errs, concepts: "_Concepts | None", src_meta: pa.Table | None, dim: int):
+    """Rows of the images table for one encoded batch (ok rows first, then error rows), and their
+    postings. ``src_meta``: the source's metadata columns, indexed by ``item.row``. ``concepts``:
+    None for embeddings only (the concept columns are then left out: the store fills nulls)."""
+    n_ok, n_err = len(ok_items), len(errs)
+    ids = [ident for _, ident in ok_items] + [e[1] for e in errs]
+    uris = [it.uri for it, _ in ok_items] + [e[0].uri for e in errs]
+    rows = [it.row for it, _ in ok_items] + [e[0].row for e in errs]
+    n = n_ok + n_err
+    d = int(dim)
+    cols = {"id": pa.array(ids, pa.string()), "uri": pa.array(uris, pa.string())}
+    if src_meta is not None and src_meta.num_columns:
+        sub = src_meta.take(pa.array(rows, pa.int64()))
+        for name in src_meta.column_names:
+            cols[name] = sub.column(name)
+    emb_all = np.zeros((n, d), np.float32)
+    if n_ok:
+        emb_all[:n_ok] = emb
+    valid = np.arange(n) < n_ok
+    mask = pa.array(~valid)
+    cols["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(emb_all.reshape(-1)), d, mask=mask)
+    postings = None
+    if concepts is not None and n_ok:
+        c_arr, w_arr, l0, cos, postings = concepts.columns(emb, ids[:n_ok])
+        cols["concept_ids"] = pa.concat_arrays([c_arr, pa.nulls(n_err, c_arr.type)])
+        cols["concept_weights"] = pa.concat_arrays([w_arr, pa.nulls(n_err, w_arr.type)])
+        cols["l0"] = pa.array(np.concatenate([l0, np.zeros(n_err, np.int32)]), pa.int32(), mask=~valid)
+        cols["splice_cosine"] = pa.array(np.concatenate([cos, np.zeros(n_err, np.float32)]), pa.float32(),
+                                         mask=~valid)
+    cols["status"] = pa.array(["ok"] * n_ok + ["error"] * n_err, pa.string())
+    cols["error"] = pa.array([None] * n_ok + [e[2] for e in errs], pa.string())
+    return pa.table(cols), postings
+
+
+def process_batch(items: Sequence[_Item], tasks, decoder: "_Decoder", enc, concepts: "_Concepts | None",
+                  src_meta: pa.Table | None, dim: int):
+    """decode -> encode -> decompose for one batch: the steps above in one call (the Ray engine's
+    per-batch function). -> (rows, postings, n_duplicates)"""
+    ok, xs, errs = split_decoded(items, decoder(tasks))
+    ok, emb, errs, dups = encode_batch(enc, ok, xs, errs, dim)
+    rows, postings = build_rows(ok, emb, errs, concepts, src_meta, dim)
+    return rows, postings, dups
+
+
+def postings_from_rows(batch) -> pa.Table:
+    """The postings (image_id, concept_id, weight) of image rows with id, concept_ids, concept_weights."""
+    cids = batch.column("concept_ids")
+    counts = pa.compute.list_value_length(cids).fill_null(0).to_numpy(zero_copy_only=False)
+    rows = np.repeat(np.arange(batch.num_rows), counts)
+    return pa.table({"image_id": batch.column("id").take(pa.array(rows, pa.int64())),
+                     "concept_id": pa.compute.list_flatten(cids),
+                     "weight": pa.compute.list_flatten(batch.column("concept_weights"))})
 
 
 def _concepts_table_matches(store: ImageStore, digest: str) -> bool:
@@ -1434,12 +1484,7 @@ def decompose_table(
     def postings():
         for b in new_ds.to_batches(columns=["id", "concept_ids", "concept_weights"], filter="status = 'ok'",
                                    batch_size=batch_size):
-            cids = b.column(1)
-            counts = pa.compute.list_value_length(cids).fill_null(0).to_numpy(zero_copy_only=False)
-            rows = np.repeat(np.arange(b.num_rows), counts)
-            yield pa.table({"image_id": b.column(0).take(pa.array(rows, pa.int64())),
-                            "concept_id": pa.compute.list_flatten(cids),
-                            "weight": pa.compute.list_flatten(b.column(2))})
+            yield postings_from_rows(b)
 
     n_post = store.replace_postings(postings())
     history = list(meta.get("concept_history") or [])
