@@ -39,6 +39,31 @@ PRETRAINED_OPTION = click.option("--pretrained", default="laion2b_s34b_b79k", sh
                                  help="open_clip pretrained tag or a local weights file (.bin/.pt/.safetensors).")
 
 
+def _storage_options(pairs):
+    from .errors import InputError
+
+    out = {}
+    for p in pairs:
+        if "=" not in p:
+            raise InputError(f"--storage-option takes KEY=VALUE, got {p!r}")
+        k, v = p.split("=", 1)
+        out[k.strip()] = v
+    return out or None
+
+
+_STORAGE_OPTION = click.option(
+    "--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
+    help="Object-store option passed to Lance/LanceDB (repeatable), e.g. aws_region=eu-west-1, "
+         "aws_endpoint=http://127.0.0.1:9000, allow_http=true; credentials also come from AWS_* variables.")
+_ENGINE_OPTION = click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                              help="local: this machine; ray: Ray Data actors + lance-ray writes (scale-out).")
+_RAY_ADDRESS_OPTION = click.option("--ray-address", default=None,
+                                   help="With --engine ray: the cluster ('auto', 'ray://head:10001'); "
+                                        "default: a local Ray instance.")
+_RAY_ACTORS_OPTION = click.option("--ray-actors", type=int, default=None,
+                                  help="With --engine ray: model actors (default: one per GPU, else per CPU).")
+
+
 @main.command()
 @click.option("--db", default="demo.lancedb", show_default=True, help="LanceDB directory or URI to write to.")
 @click.option("--images", "n_images", default=600, show_default=True, help="Number of demo-world images to draw.")
@@ -165,11 +190,12 @@ def _falcon_explainer_options(f):
 @click.option("--no-write", is_flag=True, help="Print only; do not write the features tables.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--max-ids", default=50, show_default=True, help="Image ids listed per group in the output.")
+@_STORAGE_OPTION
 @click.pass_context
 def falcon_cmd(ctx, db, table, features_column, vocabulary, clip_model, pretrained, evidence, caption_column,
                target_model, target_arch, target_layer, target_size, cam_threshold, image_root, representation,
                high_std, min_group_size, coherence_threshold, top_k, n_terms, low_similarity, max_low,
-               spurious_threshold, temperature, no_write, fmt, max_ids):
+               spurious_threshold, temperature, no_write, fmt, max_ids, storage_options):
     """Label the features of a representation with concepts (FALCON) and store the labels.
 
     Writes the tables `features` (one row per feature group), `feature_concepts` (long form) and
@@ -200,7 +226,7 @@ def falcon_cmd(ctx, db, table, features_column, vocabulary, clip_model, pretrain
                  write=not no_write, max_ids=max_ids, high_std=high_std, min_group_size=min_group_size,
                  coherence_threshold=coherence_threshold, top_k=top_k, n_terms=n_terms,
                  low_similarity=low_similarity, max_low=max_low, spurious_threshold=spurious_threshold,
-                 temperature=temperature)
+                 temperature=temperature, storage_options=_storage_options(storage_options))
     click.echo(res.to_json() if fmt == "json" else str(res))
 
 
@@ -215,30 +241,20 @@ def falcon_cmd(ctx, db, table, features_column, vocabulary, clip_model, pretrain
               help="A target feature is labelled when a labelled group makes up at least this much of it.")
 @click.option("--interpretable-only", is_flag=True, help="Carry only the labels of interpretable groups.")
 @click.option("--no-write", is_flag=True, help="Print only; do not write the features tables.")
+@_STORAGE_OPTION
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def falcon_transfer_cmd(db, table, from_column, to_column, alpha, test_fraction, min_weight, interpretable_only,
-                        no_write, fmt):
+                        no_write, fmt, storage_options):
     """Carry FALCON labels from --from-column to --to-column through a ridge map."""
     from .falcon import transfer
 
     res = transfer(db, from_column, to_column, table=table, alpha=alpha, test_fraction=test_fraction,
-                   min_weight=min_weight, interpretable_only=interpretable_only, write=not no_write)
+                   min_weight=min_weight, interpretable_only=interpretable_only, write=not no_write,
+                   storage_options=_storage_options(storage_options))
     click.echo(res.to_json() if fmt == "json" else str(res))
 
 
 # --- ingest / decompose ---
-def _storage_options(pairs):
-    from .errors import InputError
-
-    out = {}
-    for p in pairs:
-        if "=" not in p:
-            raise InputError(f"--storage-option takes KEY=VALUE, got {p!r}")
-        k, v = p.split("=", 1)
-        out[k.strip()] = v
-    return out or None
-
-
 @main.command("ingest")
 @click.argument("source")
 @click.option("--db", required=True, help="LanceDB directory or URI (s3://..., gs://...) to write to.")
@@ -264,13 +280,19 @@ def _storage_options(pairs):
 @click.option("--fast-jpeg", "draft", is_flag=True, help="Decode large JPEGs at reduced DCT scale (faster, "
                                                          "embeddings differ slightly).")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, ...")
-@click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
-              help="Passed to LanceDB (repeatable), e.g. aws_region=eu-west-1.")
+@_STORAGE_OPTION
+@_ENGINE_OPTION
+@_RAY_ADDRESS_OPTION
+@_RAY_ACTORS_OPTION
+@click.option("--ray-gpus-per-actor", type=float, default=None,
+              help="With --engine ray: GPUs per actor (default 1 when the cluster has GPUs, else 0).")
+@click.option("--commit-every", default=100_000, show_default=True, type=int,
+              help="With --engine ray: rows per commit (a crash loses at most the wave in flight).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def ingest_cmd(source, db, table, model, pretrained, vocab, l1, batch_size, workers, limit, id_column, uri_column,
                image_column, prompt_template, image_mean, retry_errors, new_concept_version, max_pixels, draft, device,
-               storage_options, quiet, as_json):
+               storage_options, engine, ray_address, ray_actors, ray_gpus_per_actor, commit_every, quiet, as_json):
     """Ingest images from SOURCE into a LanceDB table: embeddings, SpLiCE concepts, status.
 
     SOURCE is a directory (recursive), a manifest (.csv/.tsv/.parquet/.jsonl with a uri/path column
@@ -278,6 +300,11 @@ def ingest_cmd(source, db, table, model, pretrained, vocab, l1, batch_size, work
     Re-running skips what is already in the table. Bad images become rows with status 'error'.
     Exit status: 0 when any image was ingested or there was nothing new to do, 1 when every
     attempted image failed, 2 on unusable input (source, model, vocabulary, settings).
+
+    --engine ray runs the same per-batch work on a Ray cluster (--ray-address auto, or
+    ray://head:10001; default: a local Ray instance) with one model per actor, written with
+    lance-ray (pip install 'lance-concepts[ray]'). s3:// databases take --storage-option KEY=VALUE
+    (aws_endpoint, aws_region, allow_http, ...) or the AWS_* environment variables.
     """
     import json
 
@@ -288,7 +315,9 @@ def ingest_cmd(source, db, table, model, pretrained, vocab, l1, batch_size, work
                          workers=workers, limit=limit, id_column=id_column, quiet=quiet, uri_column=uri_column,
                          image_column=image_column, storage_options=_storage_options(storage_options), device=device,
                          prompt_template=prompt_template, image_mean=image_mean, retry_errors=retry_errors,
-                         new_concept_version=new_concept_version, max_pixels=max_pixels, draft=draft)
+                         new_concept_version=new_concept_version, max_pixels=max_pixels, draft=draft,
+                         engine=engine, ray_address=ray_address, ray_actors=ray_actors,
+                         ray_gpus_per_actor=ray_gpus_per_actor, commit_every=commit_every)
     click.echo(json.dumps(summary.to_dict(), default=str, indent=1) if as_json else str(summary))
     sys.exit(summary.exit_code)
 
@@ -303,19 +332,25 @@ def ingest_cmd(source, db, table, model, pretrained, vocab, l1, batch_size, work
 @click.option("--template", "prompt_template", default=None, help="Prompt template for the concepts.")
 @click.option("--image-mean", default=None, help="'estimate' (from all stored embeddings) or a .npy file; "
                                                  "default: the recorded mean.")
-@click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE")
+@_STORAGE_OPTION
+@_ENGINE_OPTION
+@_RAY_ADDRESS_OPTION
+@_RAY_ACTORS_OPTION
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def decompose_cmd(db, table, vocab, l1, model, pretrained, prompt_template, image_mean, storage_options, quiet):
+def decompose_cmd(db, table, vocab, l1, model, pretrained, prompt_template, image_mean, storage_options, engine,
+                  ray_address, ray_actors, quiet):
     """Recompute the concept columns from the stored embeddings (new vocabulary or l1), no re-encoding.
 
     Writes a new concept-column version; earlier versions stay reachable as Lance table versions
-    (listed under concept_history in the table metadata).
+    (listed under concept_history in the table metadata). --engine ray decomposes fragment by
+    fragment on Ray actors and rewrites only the concept columns (not the embeddings), one commit.
     """
     from .ingest import decompose_table
 
     summary = decompose_table(db, vocab, l1, table=table, model=model, pretrained=pretrained,
                               prompt_template=prompt_template, image_mean=image_mean,
-                              storage_options=_storage_options(storage_options), quiet=quiet)
+                              storage_options=_storage_options(storage_options), quiet=quiet, engine=engine,
+                              ray_address=ray_address, ray_actors=ray_actors)
     click.echo(str(summary))
 
 
@@ -360,9 +395,10 @@ def _split_names(values):
 @click.option("--materialize", is_flag=True, help="Copy the tables into DuckDB first (repeated heavy queries).")
 @click.option("--list", "list_queries", is_flag=True, help="List the library queries and their parameters.")
 @_TABLE_OPTION
+@_STORAGE_OPTION
 @_FORMAT_OPTION
 @_OUTPUT_OPTION
-def sql_cmd(db, query, file, params, materialize, list_queries, table, fmt, output):
+def sql_cmd(db, query, file, params, materialize, list_queries, table, fmt, output, storage_options):
     """Run SQL over the tables: images, concepts, image_concepts (long: image_id, concept_id, concept,
     weight) and any other table of the database, with concept macros:
 
@@ -388,7 +424,8 @@ def sql_cmd(db, query, file, params, materialize, list_queries, table, fmt, outp
             raise click.BadParameter(f"expected NAME=VALUE, got {p!r}", param_hint="--param")
         k, v = p.split("=", 1)
         bound[k.strip()] = v
-    result = run_sql(db, query, file=file, params=bound, materialize=materialize, table=table)
+    result = run_sql(db, query, file=file, params=bound, materialize=materialize, table=table,
+                     storage_options=_storage_options(storage_options))
     _emit(result, fmt, output)
 
 
@@ -403,18 +440,20 @@ def sql_cmd(db, query, file, params, materialize, list_queries, table, fmt, outp
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="PNG: weight histograms of the concepts with the thresholds.")
 @_TABLE_OPTION
+@_STORAGE_OPTION
 @_FORMAT_OPTION
 @_OUTPUT_OPTION
-def filter_cmd(db, concepts, min_weight, match_any, limit, columns, plot, table, fmt, output):
+def filter_cmd(db, concepts, min_weight, match_any, limit, columns, plot, table, fmt, output, storage_options):
     """Images whose concept weights pass the thresholds (weight > --min), strongest first."""
     from .reports import filter as run_filter, plot_filter
 
     cols = [c.strip() for c in columns.split(",") if c.strip()]
     result = run_filter(db, list(concepts), list(min_weight), match="any" if match_any else "all", limit=limit,
-                        columns=cols, table=table)
+                        columns=cols, table=table, storage_options=_storage_options(storage_options))
     _emit(result, fmt, output)
     if plot:
-        plot_filter(db, list(concepts), list(min_weight), plot, table=table)
+        plot_filter(db, list(concepts), list(min_weight), plot, table=table,
+                    storage_options=_storage_options(storage_options))
         click.echo(f"plot: {plot}", err=True)
 
 
@@ -435,10 +474,11 @@ def filter_cmd(db, concepts, min_weight, match_any, limit, columns, plot, table,
 @click.option("--materialize", is_flag=True, help="Copy the tables into DuckDB first.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="PNG: curves with 95% intervals.")
 @_TABLE_OPTION
+@_STORAGE_OPTION
 @_FORMAT_OPTION
 @_OUTPUT_OPTION
 def drift_cmd(db, time_column, every, concepts, top, reference, min_weight, alpha, min_change, min_support, where,
-              weight_intervals, materialize, plot, table, fmt, output):
+              weight_intervals, materialize, plot, table, fmt, output, storage_options):
     """Concept prevalence (Wilson 95%) and mean weight per time window; change tests against the
     reference window with Benjamini-Hochberg control; alerts; rising and falling concepts; the
     Jensen-Shannon divergence of each window's concept distribution from the reference."""
@@ -446,7 +486,8 @@ def drift_cmd(db, time_column, every, concepts, top, reference, min_weight, alph
 
     res = drift(db, time_column, every, concepts=_split_names(concepts) or None, top=top, reference=reference,
                 min_weight=min_weight, alpha=alpha, min_change=min_change, min_support=min_support, where=where,
-                weight_intervals=weight_intervals or bool(plot), materialize=materialize, table=table)
+                weight_intervals=weight_intervals or bool(plot), materialize=materialize, table=table,
+                storage_options=_storage_options(storage_options))
     _emit(res.table, fmt, output, res.summary())
     if plot:
         res.plot(plot)
@@ -472,10 +513,12 @@ def drift_cmd(db, time_column, every, concepts, top, reference, min_weight, alph
 @click.option("--materialize", is_flag=True, help="Copy the tables into DuckDB first.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="PNG: per-label concept bars.")
 @_TABLE_OPTION
+@_STORAGE_OPTION
 @_FORMAT_OPTION
 @_OUTPUT_OPTION
 def spurious_cmd(db, label_column, split_column, split_reference, min_weight, min_support, min_lift, alpha,
-                 min_change, top, label_match, label_threshold, where, materialize, plot, table, fmt, output):
+                 min_change, top, label_match, label_threshold, where, materialize, plot, table, fmt, output,
+                 storage_options):
     """Concepts over-represented in each label (lift, nPMI, one-sided test with Benjamini-Hochberg),
     leaving out concepts that merely name the label; with --split-column, per-label differences
     between splits."""
@@ -485,7 +528,8 @@ def spurious_cmd(db, label_column, split_column, split_reference, min_weight, mi
                    min_lift=min_lift, alpha=alpha, top=top, min_change=min_change, split_reference=split_reference,
                    label_match=label_match,
                    label_threshold=LABEL_MATCH_THRESHOLD if label_threshold is None else label_threshold,
-                   where=where, materialize=materialize, table=table)
+                   where=where, materialize=materialize, table=table,
+                   storage_options=_storage_options(storage_options))
     _emit(res.combined(), fmt, output, res.summary())
     if plot:
         res.plot(plot)
@@ -505,15 +549,16 @@ def spurious_cmd(db, label_column, split_column, split_reference, min_weight, mi
 @click.option("--label-match", type=click.Choice(["auto", "string", "embedding", "none"]), default="auto",
               show_default=True)
 @click.option("--no-materialize", is_flag=True, help="Query Lance directly instead of copying into DuckDB once.")
+@_STORAGE_OPTION
 @_TABLE_OPTION
 def report_cmd(db, html, time_column, every, label_column, split_column, top, min_weight, label_match,
-               no_materialize, table):
+               no_materialize, table, storage_options):
     """One self-contained HTML page: summary, drift and spurious-correlation sections with figures."""
     from .reports import report
 
     path = report(db, html, time_column=time_column, every=every, label_column=label_column,
                   split_column=split_column, top=top, min_weight=min_weight, label_match=label_match,
-                  materialize=not no_materialize, table=table)
+                  materialize=not no_materialize, table=table, storage_options=_storage_options(storage_options))
     click.echo(f"wrote {path}")
 
 
@@ -537,10 +582,11 @@ def report_cmd(db, html, time_column, every, label_column, split_column, top, mi
 @click.option("--refine-factor", type=int, default=None, help="Re-rank this many times k exactly (IVF_PQ).")
 @click.option("--exact", is_flag=True, help="Exact search: ignore the vector index.")
 @_TABLE_OPTION
+@_STORAGE_OPTION
 @_FORMAT_OPTION
 @_OUTPUT_OPTION
 def search_cmd(db, query, image, where, k, without, with_, with_weight, vector_column, columns, n_concepts, nprobes,
-               refine_factor, exact, table, fmt, output):
+               refine_factor, exact, table, fmt, output, storage_options):
     """Find images by meaning (QUERY text or --image), under a concept/metadata condition.
 
     The condition is a prefilter: k results come back whenever k images pass it, all of them when
@@ -555,7 +601,8 @@ def search_cmd(db, query, image, where, k, without, with_, with_weight, vector_c
     cols = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
     result = run_search(db, query, image=image, where=where, k=k, without=list(without), with_=list(with_),
                         with_weight=with_weight, table=table, vector_column=vector_column, columns=cols,
-                        concepts=n_concepts, nprobes=nprobes, refine_factor=refine_factor, exact=exact)
+                        concepts=n_concepts, nprobes=nprobes, refine_factor=refine_factor, exact=exact,
+                        storage_options=_storage_options(storage_options))
     info = json.loads(result.schema.metadata[b"query"])
     if without or with_:
         q = ", ".join(f"{c} {w:.3f}" for c, w in list(info.get("query_concepts", {}).items())[:8]) or "none"
@@ -584,8 +631,9 @@ def search_cmd(db, query, image, where, k, without, with_, with_weight, vector_c
 @click.option("--lancedb-search", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="Record the table's model for plain lancedb `table.search(\"text\")` (writers must then "
                    "import lance_concepts); auto: when the project's writers support it.")
+@_STORAGE_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def index_cmd(db, table, index_type, column, no_scalar, lancedb_search, as_json):
+def index_cmd(db, table, index_type, column, no_scalar, lancedb_search, as_json, storage_options):
     """Build the vector index and the scalar indexes concept filters use (LABEL_LIST on concept_ids,
     BTREE/BITMAP on ids and metadata), and register the table's model for LanceDB text search."""
     import json
@@ -593,7 +641,8 @@ def index_cmd(db, table, index_type, column, no_scalar, lancedb_search, as_json)
     from .search import index as run_index
 
     report = run_index(db, table, index_type=index_type, column=column, scalar=not no_scalar,
-                       lancedb_search={"auto": "auto", "on": True, "off": False}[lancedb_search])
+                       lancedb_search={"auto": "auto", "on": True, "off": False}[lancedb_search],
+                       storage_options=_storage_options(storage_options))
     if as_json:
         click.echo(json.dumps(report, indent=1, default=str))
         return
@@ -649,8 +698,9 @@ def rollup_cmd(db, table, columns, max_groups, storage_options, as_json):
                    "COLUMN=TEMPLATE for one. Default: 'a photo of a {}'.")
 @click.option("--overwrite", is_flag=True, help="Replace the column if it exists.")
 @_TABLE_OPTION
+@_STORAGE_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def edit_cmd(db, remove, into, labels, prompts, overwrite, table, as_json):
+def edit_cmd(db, remove, into, labels, prompts, overwrite, table, as_json, storage_options):
     """Remove concepts from every embedding (SpLiCE model editing) into a new vector column, and
     report zero-shot accuracy per label column before and after."""
     import json
@@ -672,7 +722,7 @@ def edit_cmd(db, remove, into, labels, prompts, overwrite, table, as_json):
     if common:
         spec["*"] = common[0]
     report = run_edit(db, list(remove), into, labels_columns=list(labels), prompts=spec or None, table=table,
-                      overwrite=overwrite)
+                      overwrite=overwrite, storage_options=_storage_options(storage_options))
     click.echo(json.dumps(report.to_dict(), indent=1) if as_json else str(report))
 
 

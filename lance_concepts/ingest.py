@@ -744,6 +744,12 @@ def ingest(
     start_method: str | None = None,
     index_min_rows: int = 10_000,
     progress_file=None,
+    engine: str = "local",
+    ray_address: str | None = None,
+    ray_actors: int | None = None,
+    ray_gpus_per_actor: float | None = None,
+    commit_every: int = 100_000,
+    _faults: Mapping[str, Any] | None = None,
 ) -> IngestSummary:
     """Ingest ``source`` into table ``table`` of the LanceDB database ``db``; returns an :class:`IngestSummary`.
 
@@ -774,8 +780,25 @@ def ingest(
     index_min_rows : build / refresh the scalar indexes (LABEL_LIST on concept_ids, BTREE on id,
         BITMAP on the postings' concept_id) once the table has this many rows (None: never; small
         tables are scanned faster than indexed). ``lance-concepts index`` builds them on demand.
+    engine : ``"local"`` (this machine: decode processes, one encoder) or ``"ray"``: the same per-batch
+        work as Ray Data ``map_batches`` on an actor pool (one model per actor, GPU actors when the
+        cluster has GPUs), rows written with lance-ray, one commit per ``commit_every`` rows (see
+        :mod:`lance_concepts.distributed`). ``ray_address``: the cluster (``"auto"``, ``"ray://head:10001"``;
+        default: the session already initialised in this process, else a local one). ``ray_actors``:
+        actor count (default: one per GPU, else one per CPU); ``ray_gpus_per_actor`` (default 1 when the
+        cluster has GPUs, else 0). ``workers`` and ``worker_type`` are local-engine settings.
     """
     t_start = time.perf_counter()
+    if engine not in ("local", "ray"):
+        raise InputError(f"engine must be 'local' or 'ray', got {engine!r}")
+    if engine == "ray":
+        from .distributed import _require_ray
+
+        _require_ray()
+        if retry_errors:
+            raise InputError("--retry-errors runs on the local engine only (it replaces rows in place)")
+        if commit_every is None or int(commit_every) < 1:
+            raise InputError("commit_every must be a positive integer")
     if batch_size is None or int(batch_size) < 1:
         raise InputError("batch_size must be a positive integer")
     batch_size = int(batch_size)
@@ -827,7 +850,8 @@ def ingest(
             verdict = check_compatible(old, meta, table=table, allow_new_concept_version=new_concept_version)
             if verdict == "new-concepts":
                 d = decompose_table(db, voc, l1, table=table, storage_options=storage_options, encoder=enc,
-                                    prompt_template=prompt_template, image_mean=image_mean, quiet=quiet)
+                                    prompt_template=prompt_template, image_mean=image_mean, quiet=quiet,
+                                    engine=engine, ray_address=ray_address, ray_actors=ray_actors)
                 summary.notes.append(f"existing rows re-decomposed as concept version {d.concept_version}")
                 old = store.metadata()
             for k in ("image_mean", "image_mean_source", "concept_version", "concept_history", "created_at",
@@ -902,25 +926,33 @@ def ingest(
         text = np.asarray(voc.embed(enc, template=prompt_template), dtype=np.float32)
         if text.shape != (len(voc), dim):
             raise InputError(f"vocabulary embeddings have shape {text.shape}, expected {(len(voc), dim)}")
-    pipeline = _Pipeline(src, store, enc, voc, text, l1, meta, mean, mean_sample, batch_size, summary,
-                         retry_errors)
-    n_workers = _default_workers() if workers is None else max(0, int(workers))
     decoder = _Decoder(enc.preprocess, src.root, max_pixels, (2 * int(getattr(enc, "image_size", 224))) if draft
                        else None, need_hash=not src.id_column)
     from PIL import Image
 
     old_limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = max_pixels
+    recovering = False
     bar = None
     try:
-        if not quiet:
-            from tqdm.auto import tqdm
+        if engine == "ray":
+            recovering = _ingest_ray(
+                src, store, enc, items, decoder, model=model, pretrained=pretrained, device=device,
+                batch_size=batch_size, voc=voc, text=text, l1=l1, meta=meta, mean=mean, mean_sample=mean_sample,
+                summary=summary, ray_address=ray_address, ray_actors=ray_actors,
+                ray_gpus_per_actor=ray_gpus_per_actor, commit_every=int(commit_every), quiet=quiet, faults=_faults)
+        else:
+            pipeline = _Pipeline(src, store, enc, voc, text, l1, meta, mean, mean_sample, batch_size, summary,
+                                 retry_errors)
+            n_workers = _default_workers() if workers is None else max(0, int(workers))
+            if not quiet:
+                from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(items), unit="img", desc="ingest", dynamic_ncols=True, smoothing=0.1,
-                       file=progress_file or sys.stderr, mininterval=0.5)
-        pipeline.bar = bar
-        pipeline.start_method = start_method
-        pipeline.run(items, decoder, n_workers, worker_type)
+                bar = tqdm(total=len(items), unit="img", desc="ingest", dynamic_ncols=True, smoothing=0.1,
+                           file=progress_file or sys.stderr, mininterval=0.5)
+            pipeline.bar = bar
+            pipeline.start_method = start_method
+            pipeline.run(items, decoder, n_workers, worker_type)
     finally:
         Image.MAX_IMAGE_PIXELS = old_limit
         if bar is not None:
@@ -936,10 +968,15 @@ def ingest(
     if src.root:
         final["image_root"] = src.root  # where relative uris of the latest source resolve (per source: "sources")
     store.write_metadata(final)
-    removed = store.dedupe(postings=store.lock_path is None)
+    removed = store.dedupe(postings=store.lock_path is None or recovering)
+    if removed and engine == "ray" and not (store.lock_path is None or recovering):
+        store.dedupe(postings=True)  # the postings of the duplicate rows (content ids seen twice in the run)
     if removed:
         summary.duplicates += removed
-        summary.notes.append(f"removed {removed} duplicate rows left by a concurrent writer")
+        summary.notes.append(f"removed {removed} duplicate rows left by a concurrent writer"
+                             if engine == "local" else f"removed {removed} rows whose content was already there")
+    if recovering:
+        summary.notes.append("an earlier Ray ingest was interrupted: its postings were de-duplicated")
     try:
         with store.write_lock():
             _compact(store)
@@ -1020,10 +1057,7 @@ class _Pipeline:
 
     # ---------------------------------------------------------------- decode side
     def _tasks(self, items: list[_Item]):
-        if self.src.bytes_dataset is not None:
-            blobs = self.src.read_bytes([it.row for it in items])
-            return [(k, it.uri, b if b is not None else b"") for k, (it, b) in enumerate(zip(items, blobs))]
-        return [(k, it.uri, None) for k, it in enumerate(items)]
+        return _decode_tasks(self.src, items)
 
     def run(self, items: list[_Item], decoder: _Decoder, n_workers: int, worker_type: str):
         writer = threading.Thread(target=self._writer, name="lance-concepts-writer", daemon=True)
@@ -1357,6 +1391,82 @@ def postings_from_rows(batch) -> pa.Table:
                      "weight": pa.compute.list_flatten(batch.column("concept_weights"))})
 
 
+def _decode_tasks(src: Source, items: Sequence[_Item]) -> list:
+    """Decoder tasks (position, uri, bytes or None) of source items."""
+    if src.bytes_dataset is not None:
+        blobs = src.read_bytes([it.row for it in items])
+        return [(k, it.uri, b if b is not None else b"") for k, (it, b) in enumerate(zip(items, blobs))]
+    return [(k, it.uri, None) for k, it in enumerate(items)]
+
+
+def _driver_mean(src: Source, enc, items: Sequence[_Item], decoder: _Decoder, mean_sample: int, batch_size: int,
+                 dim: int):
+    """The SpLiCE image mean from the first images, as the local pipeline estimates it (the first
+    ``mean_sample`` ok images, rounded up to whole batches), computed on the driver. -> (mean, n)"""
+    want = -(-int(mean_sample) // batch_size) * batch_size
+    ok, xs = [], []
+    for i in range(0, len(items), batch_size):
+        ch = items[i:i + batch_size]
+        o, x, _ = split_decoded(ch, decoder(_decode_tasks(src, ch)))
+        ok += o
+        xs += x
+        if len(ok) >= want:
+            break
+    ok, xs = ok[:want], xs[:want]
+    embs = []
+    for i in range(0, len(ok), batch_size):
+        _, emb, _, _ = encode_batch(enc, ok[i:i + batch_size], xs[i:i + batch_size], [], dim)
+        if emb is not None:
+            embs.append(emb)
+    if not embs:
+        return None, 0
+    allemb = np.concatenate(embs)
+    return _estimate_mean(allemb), len(allemb)
+
+
+def _ingest_ray(src: Source, store: ImageStore, enc, items: list[_Item], decoder: _Decoder, *, model, pretrained,
+                device, batch_size, voc, text, l1, meta, mean, mean_sample, summary: IngestSummary, ray_address,
+                ray_actors, ray_gpus_per_actor, commit_every, quiet, faults) -> bool:
+    """The driver side of ``engine="ray"``: the image mean, metadata, concepts table and schema as the
+    local engine writes them, then the image work on Ray. Returns whether an interrupted Ray ingest
+    was found (its postings need de-duplicating)."""
+    from . import distributed
+
+    dim = int(meta["embed_dim"])
+    if voc is not None and mean is None:
+        mean, n = _driver_mean(src, enc, items, decoder, mean_sample, batch_size, dim)
+        if mean is not None:
+            meta["image_mean"] = mean.tolist()
+            meta["image_mean_source"] = f"estimated from the first {n} images ingested"
+    old = store.metadata()
+    recovering = bool(old.get("ingest_in_progress"))
+    store.write_metadata({**old, **meta, "ingest_in_progress": {"engine": "ray", "started": _now()}})
+    if voc is not None and mean is not None and not _concepts_table_matches(store, voc.digest):
+        store.write_concepts(list(voc), text, voc.name, meta)
+    meta_cols = [f.name for f in src.metadata_fields]
+    if meta_cols:  # metadata columns this table does not have yet (added as in the local engine)
+        store.align(src.table.select(meta_cols).slice(0, 0))
+    encoder_spec = {"model": model if isinstance(model, str) else None,
+                    "encoder": None if isinstance(model, str) else enc, "pretrained": pretrained, "device": device,
+                    "batch_size": batch_size, "fingerprint": getattr(enc, "fingerprint", None), "dim": dim}
+    decoder_spec = {"root": decoder.root, "max_pixels": decoder.max_pixels, "draft": decoder.draft,
+                    "need_hash": decoder.need_hash}
+    use_concepts = voc is not None and mean is not None
+    with distributed.ray_session(ray_address):
+        res = distributed.ingest_on_ray(
+            items, src, store, encoder_spec=encoder_spec, text=text if use_concepts else None, vocab=voc, l1=l1,
+            mean=mean, decoder_spec=decoder_spec, batch_size=batch_size, commit_every=commit_every,
+            actors=ray_actors, gpus_per_actor=ray_gpus_per_actor, quiet=quiet, faults=faults)
+    summary.ok += res.ok
+    summary.errors += res.errors
+    summary.duplicates += max(0, len(items) - res.ok - res.errors)  # the same id twice in one batch
+    for k, v in res.error_kinds.items():
+        summary.error_kinds[k] = summary.error_kinds.get(k, 0) + v
+    summary.error_examples += res.error_examples[:max(0, 20 - len(summary.error_examples))]
+    summary.notes.append(f"engine ray: {res.waves} commit(s) of at most {commit_every} rows")
+    return recovering
+
+
 def _concepts_table_matches(store: ImageStore, digest: str) -> bool:
     from .store import _decode_metadata, _table_names
 
@@ -1392,6 +1502,10 @@ def decompose_table(
     batch_size: int = 4096,
     device: str = "auto",
     quiet: bool = False,
+    engine: str = "local",
+    ray_address: str | None = None,
+    ray_actors: int | None = None,
+    _faults: Mapping[str, Any] | None = None,
 ) -> DecomposeSummary:
     """Recompute the concept columns of ``table`` from its stored embeddings (no image is re-encoded).
 
@@ -1401,8 +1515,19 @@ def decompose_table(
     The images' concept columns are replaced in one commit, the concepts and postings tables are
     rewritten, and the metadata records the new concept version (earlier ones stay reachable through
     Lance table versions, listed in ``concept_history``).
+
+    ``engine="ray"`` decomposes fragment by fragment on Ray actors and rewrites only the concept
+    columns of each fragment (the embeddings are not rewritten), one commit for the table; the postings
+    are rebuilt with lance-ray (:mod:`lance_concepts.distributed`). ``ray_address`` / ``ray_actors``
+    as for :func:`ingest`.
     """
     t0 = time.perf_counter()
+    if engine not in ("local", "ray"):
+        raise InputError(f"engine must be 'local' or 'ray', got {engine!r}")
+    if engine == "ray":
+        from .distributed import _require_ray
+
+        _require_ray()
     if not (isinstance(l1, (int, float)) and math.isfinite(l1) and l1 > 0):
         raise InputError(f"l1 must be a positive number, got {l1!r}")
     store = ImageStore(db, table, storage_options)
@@ -1450,43 +1575,52 @@ def decompose_table(
     pending = {**meta, "decompose_in_progress": {"vocabulary": voc.name, "vocabulary_digest": voc.digest,
                                                  "l1_penalty": float(l1), "started": _now()}}
     store.write_metadata(pending, tables=[table])
-    stats = {"rows": 0, "l0": 0.0, "cos": 0.0}
-    n_ok = store.count("status = 'ok'")
-    bar = None
-    if not quiet:
-        from tqdm.auto import tqdm
+    if engine == "ray":
+        from . import distributed
 
-        bar = tqdm(total=n_ok, unit="img", desc="decompose", dynamic_ncols=True, file=sys.stderr)
+        with distributed.ray_session(ray_address):
+            stats = distributed.decompose_on_ray(store, store.refresh().table.to_lance(), text=text, vocab=voc, l1=l1, mean=mean, dim=dim,
+                                                 batch_size=batch_size, actors=ray_actors, quiet=quiet,
+                                                 faults=_faults)
+        n_post = stats["postings"]
+    else:
+        stats = {"rows": 0, "l0": 0.0, "cos": 0.0}
+        n_ok = store.count("status = 'ok'")
+        bar = None
+        if not quiet:
+            from tqdm.auto import tqdm
 
-    def batches():
-        for b in ds.to_batches(columns=["id", "embedding"], filter="status = 'ok'", batch_size=batch_size):
-            if b.num_rows == 0:
-                continue
-            e = _emb_numpy(b.column(1), dim)
-            ids = b.column(0).to_pylist()
-            c_arr, w_arr, l0, cos, _ = concepts.columns(e, ids)
-            stats["rows"] += len(ids)
-            stats["l0"] += float(l0.sum())
-            stats["cos"] += float(cos.sum())
+            bar = tqdm(total=n_ok, unit="img", desc="decompose", dynamic_ncols=True, file=sys.stderr)
+
+        def batches():
+            for b in ds.to_batches(columns=["id", "embedding"], filter="status = 'ok'", batch_size=batch_size):
+                if b.num_rows == 0:
+                    continue
+                e = _emb_numpy(b.column(1), dim)
+                ids = b.column(0).to_pylist()
+                c_arr, w_arr, l0, cos, _ = concepts.columns(e, ids)
+                stats["rows"] += len(ids)
+                stats["l0"] += float(l0.sum())
+                stats["cos"] += float(cos.sum())
+                if bar is not None:
+                    bar.update(len(ids))
+                yield pa.table({"id": b.column(0), "concept_ids": c_arr, "concept_weights": w_arr,
+                                "l0": pa.array(l0, pa.int32()), "splice_cosine": pa.array(cos, pa.float32())})
+
+        try:
+            store.update_concept_columns(batches())
+        finally:
             if bar is not None:
-                bar.update(len(ids))
-            yield pa.table({"id": b.column(0), "concept_ids": c_arr, "concept_weights": w_arr,
-                            "l0": pa.array(l0, pa.int32()), "splice_cosine": pa.array(cos, pa.float32())})
+                bar.close()
+        # postings from the updated table, concepts table, metadata
+        new_ds = store.table.to_lance()
 
-    try:
-        store.update_concept_columns(batches())
-    finally:
-        if bar is not None:
-            bar.close()
-    # postings from the updated table, concepts table, metadata
-    new_ds = store.table.to_lance()
+        def postings():
+            for b in new_ds.to_batches(columns=["id", "concept_ids", "concept_weights"], filter="status = 'ok'",
+                                       batch_size=batch_size):
+                yield postings_from_rows(b)
 
-    def postings():
-        for b in new_ds.to_batches(columns=["id", "concept_ids", "concept_weights"], filter="status = 'ok'",
-                                   batch_size=batch_size):
-            yield postings_from_rows(b)
-
-    n_post = store.replace_postings(postings())
+        n_post = store.replace_postings(postings())
     history = list(meta.get("concept_history") or [])
     history.append({"concept_version": old_version, "vocabulary": meta.get("vocabulary"),
                     "vocabulary_digest": meta.get("vocabulary_digest"), "l1_penalty": meta.get("l1_penalty"),

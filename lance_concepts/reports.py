@@ -295,13 +295,13 @@ def _mean_interval(wsum, wsq, n, z: float = 1.959963984540054):
 
 
 # ========================================================================================= helpers
-def _open(db, materialize: bool = False, table: str = "images"):
-    """(connection, owned) for a path or an existing connection."""
+def _open(db, materialize: bool = False, table: str = "images", storage_options=None):
+    """(connection, owned) for a path or URI (``storage_options`` for object stores) or an existing connection."""
     import duckdb
 
     if isinstance(db, duckdb.DuckDBPyConnection):
         return db, False
-    return _sql.connect(db, materialize=materialize, table=table), True
+    return _sql.connect(db, materialize=materialize, table=table, storage_options=storage_options), True
 
 
 def _as_list(x) -> list:
@@ -447,7 +447,8 @@ def format_output(table: pa.Table, fmt: str = "table", out=None) -> str | None:
 
 # ========================================================================================== filter
 def filter(db, concepts: str | Sequence[str], min_weight: float | Sequence[float] = 0.1, *, match: str = "all",
-           limit: int | None = None, columns: Sequence[str] | None = ("uri",), table: str = "images") -> pa.Table:
+           limit: int | None = None, columns: Sequence[str] | None = ("uri",), table: str = "images",
+           storage_options: Mapping[str, str] | None = None) -> pa.Table:
     """Images whose concept weights pass thresholds, strongest first.
 
     ``concepts``: one name or several; ``min_weight``: one threshold for all or one per concept
@@ -468,7 +469,7 @@ def filter(db, concepts: str | Sequence[str], min_weight: float | Sequence[float
         raise InputError(f"match must be 'all' or 'any'; got {match!r}")
     if limit is not None and int(limit) < 1:
         raise InputError("--limit must be positive")
-    con, owned = _open(db, table=table)
+    con, owned = _open(db, table=table, storage_options=storage_options)
     try:
         return _filter(con, names, thr, match, limit, list(columns or []))
     finally:
@@ -590,7 +591,8 @@ def drift(db, time_column: str = "timestamp", every: str = "month", *, concepts:
           top: int = 10, reference: str | None = None, min_weight: float = 0.0, alpha: float = 0.05,
           min_change: float = 0.10, min_support: int = 10, n_trend: int = 5, where: str | None = None,
           params: Mapping[str, Any] | None = None, weight_intervals: bool = False, materialize: bool = False,
-          table: str = "images", engine: str = "auto") -> DriftResult:
+          table: str = "images", engine: str = "auto",
+          storage_options: Mapping[str, str] | None = None) -> DriftResult:
     """Concept prevalence and mean weight per time window, and what changed.
 
     ``time_column``: a timestamp/date column of ``images``; ``every``: day | week | month | quarter |
@@ -609,7 +611,7 @@ def drift(db, time_column: str = "timestamp", every: str = "month", *, concepts:
     ``engine``: where the counts come from (:func:`lance_concepts.sql.concept_crosstab`): 'auto' reads
     the table's rollup (:mod:`lance_concepts.rollup`) when it is up to date and can answer, else scans.
     """
-    con, owned = _open(db, materialize=materialize, table=table)
+    con, owned = _open(db, materialize=materialize, table=table, storage_options=storage_options)
     try:
         st = _sql._state(con)
         _sql.check_column(con, time_column, what="time column", kinds=("TIMESTAMP", "DATE"))
@@ -953,7 +955,8 @@ def spurious(db, label_column: str = "label", split_column: str | None = None, *
              min_change: float = 0.10, split_reference: str | None = None, label_match: str = "auto",
              label_threshold: float = LABEL_MATCH_THRESHOLD, where: str | None = None,
              params: Mapping[str, Any] | None = None, materialize: bool = False,
-             table: str = "images", engine: str = "auto") -> SpuriousResult:
+             table: str = "images", engine: str = "auto",
+             storage_options: Mapping[str, str] | None = None) -> SpuriousResult:
     """Concepts over-represented in each label compared with the other labels.
 
     For label L and concept c: ``prevalence`` = share of L's images with weight > ``min_weight``,
@@ -969,7 +972,7 @@ def spurious(db, label_column: str = "label", split_column: str | None = None, *
     the reference split (``split_reference``, default the largest split): two-sided test, BH,
     |change| >= ``min_change``. ``engine``: as for :func:`drift`.
     """
-    con, owned = _open(db, materialize=materialize, table=table)
+    con, owned = _open(db, materialize=materialize, table=table, storage_options=storage_options)
     try:
         st = _sql._state(con)
         _sql.check_column(con, label_column, what="label column")
@@ -1319,7 +1322,7 @@ def _plot_spurious(res: SpuriousResult, path, max_labels: int = 6, per_label: in
 
 
 def plot_filter(db, concepts: str | Sequence[str], min_weight: float | Sequence[float], path, *,
-                table: str = "images", bins: int = 50):
+                table: str = "images", bins: int = 50, storage_options: Mapping[str, str] | None = None):
     """Histogram of each concept's weights over the images that have it, with the threshold and the
     number of images above it: to choose ``--min``."""
     plt = _plt()
@@ -1327,7 +1330,7 @@ def plot_filter(db, concepts: str | Sequence[str], min_weight: float | Sequence[
     thr = [float(t) for t in (_as_list(min_weight) if not isinstance(min_weight, (int, float)) else [min_weight])]
     if len(thr) == 1:
         thr = thr * len(names)
-    con, owned = _open(db, table=table)
+    con, owned = _open(db, table=table, storage_options=storage_options)
     try:
         st = _sql._state(con)
         n_img = _sql.run_query(con, "SELECT count(*) AS n FROM images WHERE concept_ids IS NOT NULL").column(0)[0].as_py()
@@ -1395,11 +1398,12 @@ code{background:#f4f4f4;padding:0 .25em}ul{margin-top:.3em}
 def report(db, html, *, time_column: str | None = "timestamp", every: str = "month",
            label_column: str | None = "label", split_column: str | None = None, top: int = 8,
            min_weight: float = 0.0, alpha: float = 0.05, min_change: float = 0.10, min_lift: float = 1.5,
-           materialize: bool = True, label_match: str = "auto", table: str = "images") -> Path:
+           materialize: bool = True, label_match: str = "auto", table: str = "images",
+           storage_options: Mapping[str, str] | None = None) -> Path:
     """Write one self-contained HTML page (figures embedded as PNG data URIs) with a summary of the
     table, the drift section (if ``time_column`` exists) and the spurious-correlation section (if
     ``label_column`` exists). Sections whose column is missing say so. Returns the path."""
-    con, owned = _open(db, materialize=materialize, table=table)
+    con, owned = _open(db, materialize=materialize, table=table, storage_options=storage_options)
     try:
         st = _sql._state(con)
         cols = _sql.images_columns(con)

@@ -536,14 +536,15 @@ def load_query(name_or_path) -> NamedQuery:
 
 
 def sql(db, query: str | None = None, *, file=None, params: Mapping[str, Any] | None = None,
-        materialize: bool = False, table: str = "images") -> pa.Table:
+        materialize: bool = False, table: str = "images",
+        storage_options: Mapping[str, str] | None = None) -> pa.Table:
     """Run SQL text or a named query file against the database ``db``; returns a pyarrow Table.
 
     ``params`` bind ``$name`` parameters (strings from the command line are converted to the types
     a query file declares)."""
     if (query is None) == (file is None):
         raise InputError("give either a SQL query or --file (a .sql file or a library query name)")
-    con = connect(db, materialize=materialize, table=table)
+    con = connect(db, materialize=materialize, table=table, storage_options=storage_options)
     try:
         if file is not None:
             return load_query(file).run(con, params)

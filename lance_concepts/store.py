@@ -65,6 +65,7 @@ __all__ = [
     "ImageStore",
     "CommitConflictError",
     "check_compatible",
+    "conform",
 ]
 
 METADATA_KEY = "lance_concepts"
@@ -281,6 +282,27 @@ def check_compatible(existing: Mapping[str, Any], new: Mapping[str, Any], *, tab
     )
 
 
+def conform(batch: pa.Table, schema: pa.Schema, *, table: str = DEFAULT_TABLE) -> pa.Table:
+    """``batch`` with exactly the columns of ``schema`` (missing ones as nulls, types cast; a clear
+    error if a cast is impossible), without schema metadata. Used by every writer of image rows."""
+    cols = []
+    for field in schema:
+        if field.name in batch.schema.names:
+            col = batch.column(field.name)
+            if col.type != field.type:
+                try:
+                    col = col.cast(field.type)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+                    raise InputError(
+                        f"column {field.name!r} has type {col.type} in this source but {field.type} in table "
+                        f"{table!r}: {exc}"
+                    ) from None
+            cols.append(col)
+        else:
+            cols.append(pa.nulls(batch.num_rows, field.type))
+    return pa.Table.from_arrays(cols, schema=pa.schema(list(schema), metadata=None))
+
+
 # ------------------------------------------------------------------------------------------ retries
 _RETRYABLE = ("conflict", "retryable", "concurrent", "too many", "commit", "preempted", "version")
 
@@ -481,22 +503,7 @@ class ImageStore:
             with_retries(lambda: self.table.add_columns(new_fields), f"add columns to {self.name}")
             self.refresh()
             schema = self.table.schema
-        cols = []
-        for field in schema:
-            if field.name in batch.schema.names:
-                col = batch.column(field.name)
-                if col.type != field.type:
-                    try:
-                        col = col.cast(field.type)
-                    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
-                        raise InputError(
-                            f"column {field.name!r} has type {col.type} in this source but {field.type} in table "
-                            f"{self.name!r}: {exc}"
-                        ) from None
-                cols.append(col)
-            else:
-                cols.append(pa.nulls(batch.num_rows, field.type))
-        return pa.Table.from_arrays(cols, schema=pa.schema(list(schema), metadata=None))
+        return conform(batch, schema, table=self.name)
 
     # -- reads ----------------------------------------------------------------------------------
     def existing(self, columns: Sequence[str] = ("id", "uri", "status")) -> pa.Table:
