@@ -138,9 +138,12 @@ def _cluster_plan(actors: int | None, gpus_per_actor: float | None) -> tuple[int
 
 # ------------------------------------------------------------------------------------------ faults
 def _maybe_fail(faults: Mapping[str, Any] | None, stage: str) -> None:
-    """Test hook: the first call of ``stage`` (across processes, via a marker file) kills its worker
-    process (``kill``, like a lost node) or raises."""
-    if not faults or faults.get("stage") != stage:
+    """Test hook: ``faults = {"stages": [...], "dir": marker directory, "kill": bool}``. The first call
+    of a listed stage (across processes: a marker file) kills its worker process (``kill``, like a lost
+    node; the default) or raises. Stages: "map" (an ingest actor), "write" (an images write task,
+    after its fragment files are written), "commit" (the driver, after a wave's postings commit and
+    before its images commit), "decompose" (a decompose actor)."""
+    if not faults or stage not in faults.get("stages", ()):
         return
     marker = os.path.join(faults["dir"], f"{stage}.failed")
     try:
@@ -317,6 +320,8 @@ def ingest_on_ray(items: Sequence, src, store, *, encoder_spec: Mapping[str, Any
             post = done.select_columns(["id", "status", "concept_ids", "concept_weights"]).map_batches(
                 _postings_of, batch_format="pyarrow")
             lr.write_lance(post, postings_uri, mode="append", schema=postings_schema(), storage_options=so)
+        if faults and "commit" in faults.get("stages", ()):
+            _maybe_fail({**faults, "kill": False}, "commit")  # the driver dies between the two commits
         done.write_datasink(_images_sink(images_uri, schema, so, faults))
         for r in done.select_columns(["uri", "status", "error"]).map_batches(
                 _stats_of, batch_format="pyarrow").take_all():
