@@ -27,3 +27,20 @@ def demo_encoder():
     from lance_concepts.encoder import load_encoder
 
     return load_encoder("demo")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance (2 CPUs) for the whole test session, shut down at its end."""
+    pytest.importorskip("ray")
+    pytest.importorskip("lance_ray")
+    import ray
+
+    from lance_concepts.distributed import init_local
+
+    if ray.is_initialized():  # pragma: no cover - someone else's session
+        yield
+        return
+    init_local(num_cpus=2)
+    yield
+    ray.shutdown()

@@ -24,20 +24,6 @@ VOLATILE = {"created_at", "updated_at", "sources"}  # differ between any two run
 
 
 @pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    from lance_concepts.distributed import init_local
-
-    if ray.is_initialized():  # pragma: no cover - someone else's session
-        yield
-        return
-    init_local(num_cpus=2)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A demo world of N images, one of them corrupt and one missing: two error rows."""
     root = tmp_path_factory.mktemp("ray-world")
@@ -173,7 +159,7 @@ def test_run_killed_between_commits_resumes_exactly_once(world, tmp_path, ray_se
         ingest(world, db, engine="ray", commit_every=24,
                _faults={"stages": ["commit"], "dir": str(marks)}, **KW)
     assert read_metadata(db).get("ingest_in_progress")
-    s = ingest(world, db, engine="ray", commit_every=24, **KW)
+    s = ingest(world, db, engine="ray", **KW)
     assert s.ok + s.errors + s.skipped == N
     assert any("interrupted" in n for n in s.notes)
     _check_exactly_once(db, N)
