@@ -314,7 +314,7 @@ def ingest_on_ray(items: Sequence, src, store, *, encoder_spec: Mapping[str, Any
         todo = ray.data.from_arrow(pa.table(cols)).repartition(blocks)
         done = todo.map_batches(
             _IngestActor, fn_constructor_kwargs={"spec": spec}, batch_size=batch_size, batch_format="pyarrow",
-            compute=ActorPoolStrategy(size=n_actors), num_cpus=cpus, num_gpus=gpus or None,
+            compute=ActorPoolStrategy(min_size=1, max_size=n_actors), num_cpus=cpus, num_gpus=gpus or None,
         ).materialize()
         if text is not None:
             post = done.select_columns(["id", "status", "concept_ids", "concept_weights"]).map_batches(
