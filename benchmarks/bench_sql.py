@@ -19,6 +19,8 @@ write against the naive layout, aggregation only, no statistics, which favours t
                  test, alerts, rising/falling, JS divergence) vs the naive (month, concept) counts
   spurious       spurious report over 100 labels: reports.spurious (lift, nPMI, one-sided tests,
                  BH, label-name exclusion by string) vs the naive (label, concept) counts
+  drift_counts, spurious_counts   the (window|label, concept) counts and weight sums alone, read
+                 from the rollup: like for like with the naive side (no statistics on either side)
   drift_scan, spurious_scan   the same two reports with engine="lance": counted from the images
                  table in one pass instead of read from the rollup (images_rollup, built by
                  ingest; here by ensure_rollup, timed once)
@@ -52,7 +54,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-CASES = ["filter_ids", "filter_top100", "filter_rows", "drift", "drift_scan", "spurious", "spurious_scan"]
+CASES = ["filter_ids", "filter_top100", "filter_rows", "drift", "drift_scan", "drift_counts", "spurious",
+         "spurious_scan", "spurious_counts"]
 THRESHOLD = 0.05
 
 
@@ -102,6 +105,10 @@ def _variants(db: str, probe: dict):
                            cases["drift"][1])
     cases["spurious_scan"] = (lambda: R.spurious(con, "label", label_match="string", engine="lance").table.num_rows,
                               cases["spurious"][1])
+    # the aggregation alone, like for like with the naive side (no statistics on either side)
+    cases["drift_counts"] = (lambda: len(S.concept_crosstab(con, "timestamp", every="month").groups),
+                             cases["drift"][1])
+    cases["spurious_counts"] = (lambda: len(S.concept_crosstab(con, "label").groups), cases["spurious"][1])
     return con, cases
 
 

@@ -106,8 +106,8 @@ def _fisher_tail(x, N, K, n, upper, screen: float | None = None):
     vectorised. A tail that does not contain the mode is summed from x outward (the terms fall off
     fast); one that does is 1 minus the opposite tail, which does not.
 
-    ``screen``: only tails <= ``screen`` are needed exactly: a tail whose first term pmf(x) already
-    exceeds it is returned as that term (a lower bound, still > ``screen``) without the sum."""
+    ``screen``: only tails <= ``screen`` are needed exactly: a tail whose first four terms already
+    exceed it is returned as their sum (a lower bound, still > ``screen``) without the full sum."""
     x, N, K, n = (np.asarray(a, dtype=np.float64) for a in (x, N, K, n))
     x, N, K, n = np.broadcast_arrays(x, N, K, n)
     upper = np.broadcast_to(np.asarray(upper, dtype=bool), x.shape)
@@ -116,9 +116,20 @@ def _fisher_tail(x, N, K, n, upper, screen: float | None = None):
     out = np.empty(x.shape)
     comp = ~direct
     if screen is not None and direct.any():
-        first = np.exp(_log_pmf(x, N, K, n))
-        over = direct & (first > screen)
-        out[over] = first[over]
+        # a lower bound of the tail: its first four terms (pmf(x) and three ratio steps outward)
+        lb = np.exp(_log_pmf(x, N, K, n))
+        term = lb.copy()
+        k = x.copy()
+        rest = N - K - n
+        with np.errstate(invalid="ignore", divide="ignore"):
+            for _ in range(3):
+                r = np.where(upper, (K - k) * (n - k) / ((k + 1) * (rest + k + 1)),
+                             k * (rest + k) / ((K - k + 1) * (n - k + 1)))
+                term = term * np.nan_to_num(np.clip(r, 0.0, None), nan=0.0)
+                lb = lb + term
+                k = np.where(upper, k + 1, k - 1)
+        over = direct & (lb > screen)
+        out[over] = np.minimum(lb[over], 1.0)
         direct = direct & ~over
     if direct.any():
         out[direct] = _tail_outward(x[direct], N[direct], K[direct], n[direct], upper[direct])

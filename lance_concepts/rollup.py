@@ -374,10 +374,16 @@ def load_crosstab(images_ds, rollup_ds, cols: Sequence[str], every: str | None, 
                                  limit=d["rows"] - len(stored))
         grp = gmap[np.asarray(tbl.column("group"), np.int64)]
         key = grp * C + np.asarray(tbl.column("concept_id"), np.int64)
-        present = np.bincount(key, weights=np.asarray(tbl.column("n"), np.float64),
-                              minlength=G * C).astype(np.int64).reshape(G, C)
-        wsum = np.bincount(key, weights=np.asarray(tbl.column("weight_sum")), minlength=G * C).reshape(G, C)
-        if second_moment:
-            wsq = np.bincount(key, weights=np.asarray(tbl.column("weight_sq")), minlength=G * C).reshape(G, C)
+        if len(values) == len(stored):  # one stored group per output group: (group, concept) keys are unique
+            present.reshape(-1)[key] = np.asarray(tbl.column("n"), np.int64)
+            wsum.reshape(-1)[key] = np.asarray(tbl.column("weight_sum"))
+            if second_moment:
+                wsq.reshape(-1)[key] = np.asarray(tbl.column("weight_sq"))
+        else:  # days summed into months, ...
+            present = np.bincount(key, weights=np.asarray(tbl.column("n"), np.float64),
+                                  minlength=G * C).astype(np.int64).reshape(G, C)
+            wsum = np.bincount(key, weights=np.asarray(tbl.column("weight_sum")), minlength=G * C).reshape(G, C)
+            if second_moment:
+                wsq = np.bincount(key, weights=np.asarray(tbl.column("weight_sq")), minlength=G * C).reshape(G, C)
     return Crosstab(groups=values, n=n, present=present, weight_sum=wsum, weight_sq=wsq, min_weight=0.0,
                     dropped_null_groups=int(d.get("dropped_null_groups", 0)), engine="rollup")

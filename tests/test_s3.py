@@ -60,8 +60,14 @@ def test_local_engine_on_s3_and_queries_with_options(s3, world, tmp_path):
     assert sql(db, q, storage_options=s3).to_pylist() == sql(local, q).to_pylist()
     red_s3 = lc.filter(db, "red", 0.0, storage_options=s3).column("id").to_pylist()
     assert red_s3 and sorted(red_s3) == sorted(lc.filter(local, "red", 0.0).column("id").to_pylist())
+    # the report aggregates were written to the bucket too, and the reports read them there
+    assert not [n for n in s.notes if "aggregates" in n], s.notes
+    dr, dl = lc.drift(db, storage_options=s3), lc.drift(local)
+    assert dr.params["engine"] == dl.params["engine"] == "rollup"
+    assert dr.table.column("n_present") == dl.table.column("n_present")
     d = decompose_table(db, "demo", 0.4, storage_options=s3, quiet=True)
     assert d.rows == N and read_metadata(db, storage_options=s3)["concept_version"] == 2
+    assert lc.drift(db, storage_options=s3).params["engine"] == "rollup"  # rebuilt for the new weights
 
 
 def test_cli_with_environment_credentials(s3, world, monkeypatch):
