@@ -129,7 +129,7 @@ def bench_model(key: str, files: list[Path], args) -> dict:
         shutil.rmtree(db, ignore_errors=True)
         t = time.perf_counter()
         s = ingest(src, db, model=enc, vocab=vocab, batch_size=args.batch_size, workers=args.workers, quiet=True,
-                   draft=args.fast_jpeg)
+                   draft=args.fast_jpeg, encoder_threads=args.encoder_threads)
         dt = time.perf_counter() - t
         assert s.ok == n, str(s)
         shutil.rmtree(db, ignore_errors=True)
@@ -159,6 +159,7 @@ def bench_model(key: str, files: list[Path], args) -> dict:
     return {
         "model": key, "arch": name, "n": n, "batch_size": args.batch_size, "workers": args.workers,
         "vocab": vocab, "fast_jpeg": args.fast_jpeg, "image_size": enc.image_size,
+        "encoder_threads": args.encoder_threads,
         "encode_img_s": statistics.median(enc_rate), "ingest_img_s": statistics.median(ing_rate),
         "ratio_median": statistics.median(ratios), "ratios": ratios,
         "decode_pool_img_s": statistics.median(dec_rate), "decode_workers": max(n_workers, 1),
@@ -179,6 +180,8 @@ def main(argv=None):
     ap.add_argument("--vocab", default="none", help="'none' (embeddings only), 'auto' (demo vocab for the demo "
                                                     "model), or a vocabulary spec for every model")
     ap.add_argument("--fast-jpeg", action="store_true", help="ingest with draft (reduced-scale) JPEG decoding")
+    ap.add_argument("--encoder-threads", type=int, default=None, help="ingest(encoder_threads=...) (encode-only "
+                    "keeps torch's default: the ceiling stays the model at full speed)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     data = Path(args.data)
@@ -197,7 +200,9 @@ def main(argv=None):
         if "skipped" in r:
             print(f"| {r['model']} | skipped: {r['skipped'][:80]} |")
             continue
-        print(f"| {r['arch']} | {r['image_size']}px | {r['vocab'] or 'none'} | {r['workers'] or 'default'} | "
+        opts = "".join([", --fast-jpeg" if r["fast_jpeg"] else "",
+                        f", encoder threads {r['encoder_threads']}" if r.get("encoder_threads") else ""])
+        print(f"| {r['arch']}{opts} | {r['image_size']}px | {r['vocab'] or 'none'} | {r['workers'] or 'default'} | "
               f"{r['encode_img_s']:.1f} | {r['ingest_img_s']:.1f} | {r['ratio_median']:.0%} "
               f"({', '.join(f'{x:.0%}' for x in r['ratios'])}) | {r['decode_preprocess_img_s_one_core']:.0f} | "
               f"{r['decode_pool_img_s']:.0f} | {r['of_ceiling_median']:.0%} "

@@ -459,3 +459,28 @@ def test_demo_world_with_demo_model(tmp_path):
         assert r["l0"] > 0 and 0 < r["splice_cosine"] <= 1
     meta = read_metadata(db)
     assert meta["model_name"] == "demo" and meta["vocabulary"] == "demo" and meta["image_root"] == str(man.parent)
+
+
+def test_encoder_threads_apply_to_the_run_only(tmp_path, enc, vocab):
+    import torch
+
+    seen = []
+
+    class Recording(type(enc)):
+        def encode_images(self, x):
+            seen.append(torch.get_num_threads())
+            return super().encode_images(x)
+
+    root, rows = make_dataset(tmp_path, n=10)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        s = ingest(write_csv(root / "m.csv", rows), tmp_path / "db.lancedb", model=Recording(), vocab=vocab,
+                   batch_size=4, workers=0, quiet=True, encoder_threads=1)
+        assert s.ok == 10 and seen and set(seen) == {1}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(InputError, match="encoder_threads"):
+        ingest(write_csv(root / "m.csv", rows), tmp_path / "db2.lancedb", model=enc, vocab=vocab, quiet=True,
+               encoder_threads=0)
