@@ -63,6 +63,12 @@ def _decode_one(path: str):
         return tuple(pre(decode_image(f.read(), draft=draft)).shape)
 
 
+def _one_thread():
+    import torch
+
+    torch.set_num_threads(1)  # as ingest's workers: a forked child must not use the parent's OpenMP pool
+
+
 def _decode_pool_seconds(files: list[Path], preprocess, draft, workers: int) -> float:
     """Wall time to decode + preprocess every image with ``workers`` forked processes and no model:
     the most ingest could reach if encoding cost nothing."""
@@ -70,7 +76,7 @@ def _decode_pool_seconds(files: list[Path], preprocess, draft, workers: int) -> 
     import multiprocessing as mp
 
     _PRE.update(pre=preprocess, draft=draft)
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork")) as ex:
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork"), initializer=_one_thread) as ex:
         list(ex.map(_decode_one, [str(files[0])] * workers))  # start-up outside the timing
         t = time.perf_counter()
         list(ex.map(_decode_one, [str(p) for p in files], chunksize=8))
