@@ -293,12 +293,14 @@ def _crosstab_rows(dname: str, ct, k: int) -> pa.Table:
     g_idx, c_idx = np.nonzero(ct.present) if C else (np.zeros(0, np.int64), np.zeros(0, np.int64))
     keys = [_key_text(g) if k == 1 else "|".join(_key_text(x) for x in g) for g in ct.groups]
     # the group totals first (concept_id null), then the concept rows in (group, concept) order
-    tot = pa.table({"dimension": pa.array([dname] * G, pa.string()), "key": pa.array(keys, pa.string()),
+    tot = pa.table({"dimension": pa.repeat(pa.scalar(dname, pa.string()), G), "key": pa.array(keys, pa.string()),
                     "group": pa.array(np.arange(G, dtype=np.int32)), "concept_id": pa.nulls(G, pa.int32()),
                     "n": pa.array(np.asarray(ct.n, np.int64)), "weight_sum": pa.nulls(G, pa.float64()),
                     "weight_sq": pa.nulls(G, pa.float64())})
-    rows = pa.table({"dimension": pa.array([dname] * len(g_idx), pa.string()),
-                     "key": pa.array([keys[i] for i in g_idx.tolist()], pa.string()),
+    # repeated strings expanded by Arrow, not by Python lists (millions of rows at a million images)
+    key_col = pa.DictionaryArray.from_arrays(pa.array(g_idx.astype(np.int32)), pa.array(keys, pa.string()))
+    rows = pa.table({"dimension": pa.repeat(pa.scalar(dname, pa.string()), len(g_idx)),
+                     "key": key_col.cast(pa.string()),
                      "group": pa.array(g_idx.astype(np.int32)), "concept_id": pa.array(c_idx.astype(np.int32)),
                      "n": pa.array(ct.present[g_idx, c_idx].astype(np.int64)),
                      "weight_sum": pa.array(ct.weight_sum[g_idx, c_idx]),
