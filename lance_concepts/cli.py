@@ -280,6 +280,9 @@ def falcon_transfer_cmd(db, table, from_column, to_column, alpha, test_fraction,
 @click.option("--fast-jpeg", "draft", is_flag=True, help="Decode large JPEGs at reduced DCT scale (faster, "
                                                          "embeddings differ slightly).")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, ...")
+@click.option("--rollup", "rollup_mode", type=click.Choice(["auto", "always", "never"]), default="auto",
+              show_default=True, help="Rebuild the report aggregates at the end (auto: unless the table has over "
+                                      "2M rows and this run changed under 5% of them).")
 @click.option("--encoder-threads", default=None, type=click.IntRange(min=1),
               help="CPU threads for the encoder (default: one per core). 1 is faster when decoding is the "
                    "bottleneck (a tiny model on large photos).")
@@ -295,7 +298,7 @@ def falcon_transfer_cmd(db, table, from_column, to_column, alpha, test_fraction,
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def ingest_cmd(source, db, table, model, pretrained, vocab, l1, batch_size, workers, limit, id_column, uri_column,
                image_column, prompt_template, image_mean, retry_errors, new_concept_version, max_pixels, draft, device,
-               encoder_threads, storage_options, engine, ray_address, ray_actors, ray_gpus_per_actor, commit_every,
+               rollup_mode, encoder_threads, storage_options, engine, ray_address, ray_actors, ray_gpus_per_actor, commit_every,
                quiet, as_json):
     """Ingest images from SOURCE into a LanceDB table: embeddings, SpLiCE concepts, status.
 
@@ -321,6 +324,7 @@ def ingest_cmd(source, db, table, model, pretrained, vocab, l1, batch_size, work
                          prompt_template=prompt_template, image_mean=image_mean, retry_errors=retry_errors,
                          new_concept_version=new_concept_version, max_pixels=max_pixels, draft=draft,
                          encoder_threads=encoder_threads,
+                         rollup={"auto": "auto", "always": True, "never": False}[rollup_mode],
                          engine=engine, ray_address=ray_address, ray_actors=ray_actors,
                          ray_gpus_per_actor=ray_gpus_per_actor, commit_every=commit_every)
     click.echo(json.dumps(summary.to_dict(), default=str, indent=1) if as_json else str(summary))

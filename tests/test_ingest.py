@@ -484,3 +484,38 @@ def test_encoder_threads_apply_to_the_run_only(tmp_path, enc, vocab):
     with pytest.raises(InputError, match="encoder_threads"):
         ingest(write_csv(root / "m.csv", rows), tmp_path / "db2.lancedb", model=enc, vocab=vocab, quiet=True,
                encoder_threads=0)
+
+
+def test_report_aggregates_after_ingest(tmp_path, enc, vocab, monkeypatch):
+    """ingest ends by rebuilding the rollup, unless nothing changed (kept as is), the caller said no,
+    or (auto) a large table barely changed: then the summary says so and the reports scan."""
+    import lance
+
+    from lance_concepts import ingest as I
+    from lance_concepts import sql as S
+
+    def engine(db):
+        con = S.connect(str(db))
+        try:
+            return S.concept_crosstab(con, "label").engine
+        finally:
+            con.close()
+
+    root, rows = make_dataset(tmp_path, n=24)
+    db = tmp_path / "db.lancedb"
+    kw = dict(model=enc, vocab=vocab, workers=0, quiet=True)
+    ingest(write_csv(root / "a.csv", rows[:20]), db, **kw)
+    assert engine(db) == "rollup"
+    version = lance.dataset(str(db / "images_rollup.lance")).version
+    s = ingest(write_csv(root / "a.csv", rows[:20]), db, **kw)  # nothing new: the rollup is current, kept
+    assert s.skipped == 20 and lance.dataset(str(db / "images_rollup.lance")).version == version
+    # auto with a "large" table (thresholds lowered): 2 new rows of 22 are under the share
+    monkeypatch.setattr(I, "ROLLUP_AUTO_ROWS", 10)
+    monkeypatch.setattr(I, "ROLLUP_MIN_SHARE", 0.5)
+    s = ingest(write_csv(root / "b.csv", rows[:22]), db, **kw)
+    assert s.ok == 2 and any("not rebuilt" in n and "lance-concepts rollup" in n for n in s.notes), s.notes
+    assert engine(db) == "lance"  # stale: the reports scan, and count the new rows
+    s = ingest(write_csv(root / "c.csv", rows[:23]), db, rollup=True, **kw)  # asked for: rebuilt
+    assert engine(db) == "rollup" and not any("not rebuilt" in n for n in s.notes)
+    ingest(write_csv(root / "d.csv", rows), db, rollup=False, **kw)
+    assert engine(db) == "lance"
