@@ -29,18 +29,19 @@ Statistics, in plain words
 """
 from __future__ import annotations
 
-import functools
-
 import base64
 import csv
 import datetime as _dt
+import functools
 import html as _html
 import io
 import json
 import math
+import os
 import re
 import sys
 import unicodedata
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -111,6 +112,12 @@ def _fisher_tail(x, N, K, n, upper, screen: float | None = None):
     x, N, K, n = (np.asarray(a, dtype=np.float64) for a in (x, N, K, n))
     x, N, K, n = np.broadcast_arrays(x, N, K, n)
     upper = np.broadcast_to(np.asarray(upper, dtype=bool), x.shape)
+    kernel = _fisher_kernel()
+    if kernel is not None and x.size:  # the same sums, element by element (numba is optional)
+        out = np.empty(x.size)
+        kernel(*(np.ascontiguousarray(a).ravel() for a in (x, N, K, n, upper)),
+               -1.0 if screen is None else float(screen), out)
+        return np.clip(out.reshape(x.shape), 0.0, 1.0)
     mode = np.floor((n + 1) * (K + 1) / (N + 2))
     direct = np.where(upper, x > mode, x < mode)
     out = np.empty(x.shape)
@@ -137,6 +144,69 @@ def _fisher_tail(x, N, K, n, upper, screen: float | None = None):
         xo = np.where(upper[comp], x[comp] - 1, x[comp] + 1)
         out[comp] = 1.0 - _tail_outward(xo, N[comp], K[comp], n[comp], ~upper[comp])
     return np.clip(out, 0.0, 1.0)
+
+
+_FISHER_KERNEL: list = []
+
+
+def _fisher_kernel():
+    """A numba version of :func:`_fisher_tail` when numba is installed (about 3x faster on the spurious
+    report's ~120,000 exact tests); LANCE_CONCEPTS_NUMBA=0 turns it off, as for the cross-table."""
+    if _FISHER_KERNEL:
+        return _FISHER_KERNEL[0]
+    kernel = None
+    if os.environ.get("LANCE_CONCEPTS_NUMBA", "1") not in ("0", "false", "no"):
+        try:
+            import numba
+
+            @numba.njit(cache=True, nogil=True)
+            def _outward(x, N, K, n, up, screen):  # pragma: no cover - jitted
+                lo = max(0.0, n - (N - K))
+                hi = min(n, K)
+                if x < lo or x > hi:
+                    return 0.0
+                logp = (math.lgamma(K + 1) - math.lgamma(x + 1) - math.lgamma(K - x + 1)
+                        + math.lgamma(N - K + 1) - math.lgamma(n - x + 1) - math.lgamma(N - K - n + x + 1)
+                        - math.lgamma(N + 1) + math.lgamma(n + 1) + math.lgamma(N - n + 1))
+                t = math.exp(logp)
+                s = t
+                k = x
+                rest = N - K - n
+                steps = 0
+                while True:
+                    if up:
+                        if k >= hi:
+                            break
+                        t *= (K - k) * (n - k) / ((k + 1) * (rest + k + 1))
+                        k += 1
+                    else:
+                        if k <= lo:
+                            break
+                        t *= k * (rest + k) / ((K - k + 1) * (n - k + 1))
+                        k -= 1
+                    s += t
+                    steps += 1
+                    if steps == 3 and screen >= 0 and s > screen:
+                        break  # a lower bound above the screen is all the caller needs
+                    if t <= s * 1e-17:
+                        break
+                return min(s, 1.0)
+
+            @numba.njit(cache=True, nogil=True)
+            def _k(x, N, K, n, upper, screen, out):  # pragma: no cover - jitted
+                for i in range(x.shape[0]):
+                    mode = math.floor((n[i] + 1) * (K[i] + 1) / (N[i] + 2))
+                    if (x[i] > mode) if upper[i] else (x[i] < mode):
+                        out[i] = _outward(x[i], N[i], K[i], n[i], upper[i], screen)
+                    else:  # the tail holds the mode: 1 - the opposite tail, summed exactly
+                        xo = x[i] - 1 if upper[i] else x[i] + 1
+                        out[i] = 1.0 - _outward(xo, N[i], K[i], n[i], not upper[i], -1.0)
+
+            kernel = _k
+        except Exception:  # numba missing or broken: the numpy path
+            kernel = None
+    _FISHER_KERNEL.append(kernel)
+    return kernel
 
 
 def _log_pmf(x, N, K, n):
@@ -813,6 +883,25 @@ def _string_names_label(concept: str, label: str) -> bool:
     return c <= l_ or l_ <= c
 
 
+_LEMMA_INDEX: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _lemma_index(names) -> tuple[dict, dict]:
+    """(lemma -> ids of the concepts containing it, id -> the concept's lemma set), once per vocabulary
+    object (a connection's ``ConceptNames``)."""
+    got = _LEMMA_INDEX.get(names)
+    if got is None:
+        words: dict[str, set] = {}
+        csets = {}
+        for i, c in zip(names.ids, names.names):
+            ls = set(_lemmas(c))
+            csets[int(i)] = ls
+            for w in ls:
+                words.setdefault(w, set()).add(int(i))
+        got = _LEMMA_INDEX[names] = (words, csets)
+    return got
+
+
 def label_name_concepts(con, labels: Sequence, *, threshold: float = LABEL_MATCH_THRESHOLD,
                         method: str = "auto") -> tuple[dict, str]:
     """For each label, the concept ids that merely name it, and a sentence saying how this was decided.
@@ -825,14 +914,7 @@ def label_name_concepts(con, labels: Sequence, *, threshold: float = LABEL_MATCH
     model (where 'grass'/'desert' score 0.40/0.44 against 'circle'); it has not been calibrated on
     ViT-B-32 (no weights offline here)."""
     st = _sql._state(con)
-    names = st.names
-    words: dict[str, set] = {}  # lemma -> concept ids containing it
-    csets = {}
-    for i, c in zip(names.ids, names.names):
-        ls = set(_lemmas(c))
-        csets[int(i)] = ls
-        for w in ls:
-            words.setdefault(w, set()).add(int(i))
+    words, csets = _lemma_index(st.names)
     out = {}
     for lab in labels:
         ll = set(_lemmas(str(lab)))
@@ -1049,18 +1131,21 @@ def _over_represented(labels, n, present, wsum, names, excluded, min_support, mi
     q = np.ones(len(p))
     small = np.flatnonzero(p <= alpha)
     q[small] = benjamini_hochberg(p[small], n_tests=len(p))
-    lf = lift(a, nl, tot[ci], N)
+    # the rest only for the significant pairs (a few percent of them)
+    lf = np.full(len(a), np.nan)
+    prev = np.full(len(a), np.nan)
+    prev_o = np.full(len(a), np.nan)
+    sig = np.flatnonzero(q < alpha)
+    lf[sig] = lift(a[sig], nl[sig], tot[ci[sig]], N)
     with np.errstate(invalid="ignore", divide="ignore"):
-        prev = a / nl
-        prev_o = np.where(no > 0, b / no, np.nan)
-    keep = (q < alpha) & (lf >= min_lift)
+        prev[sig] = a[sig] / nl[sig]
+        prev_o[sig] = np.where(no[sig] > 0, b[sig] / no[sig], np.nan)
     exm = np.zeros(present.shape, bool)
     for k, lab in enumerate(labels):
         cs = list(excluded.get(lab, ()))
         if cs:
             exm[k, cs] = True
-    keep &= ~exm[li, ci]
-    idx = np.flatnonzero(keep)
+    idx = sig[(lf[sig] >= min_lift) & ~exm[li[sig], ci[sig]]]
     delta = prev - prev_o
     # strongest first within each label: prevalence difference, then lift
     idx = idx[np.lexsort((-lf[idx], -delta[idx], li[idx]))]

@@ -400,3 +400,27 @@ def test_cli_commands(world_db, tmp_path):
     assert r.exit_code == 0 and (tmp_path / "r.html").is_file()
     r = run(main, ["filter", "--db", world_db, "--concept", "red", "--format", "parquet"])
     assert r.exit_code == 2 and "--output" in r.output
+
+
+def test_fisher_kernel_matches_the_numpy_tails(monkeypatch):
+    """The optional numba tails give the numpy path's numbers (exact tails, and the screened ones)."""
+    if R._fisher_kernel() is None:
+        pytest.skip("numba not installed: the numpy path is the only one")
+    rng = np.random.default_rng(11)
+    m = 5000
+    N = rng.integers(20, 200000, m).astype(float)
+    K = np.floor(N * rng.uniform(0, 0.3, m))
+    n = np.floor(N * rng.uniform(0.001, 0.5, m))
+    mean = n * K / N
+    x = np.clip(np.round(mean + rng.normal(0, 1, m) * np.sqrt(mean + 1) * 2), 0, None)
+    up = rng.random(m) < 0.7
+    fast = R._fisher_tail(x, N, K, n, up)
+    fast_s = R._fisher_tail(x, N, K, n, up, screen=0.05)
+    monkeypatch.setattr(R, "_fisher_kernel", lambda: None)
+    slow = R._fisher_tail(x, N, K, n, up)
+    slow_s = R._fisher_tail(x, N, K, n, up, screen=0.05)
+    np.testing.assert_allclose(fast, slow, rtol=5e-9, atol=1e-13)  # both within ~1e-9 of scipy
+    low = slow <= 0.05
+    assert 0.05 < low.mean() < 0.95
+    np.testing.assert_allclose(fast_s[low], slow[low], rtol=5e-9, atol=1e-13)
+    assert (fast_s[~low] > 0.05).all() and (slow_s[~low] > 0.05).all()
