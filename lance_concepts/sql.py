@@ -790,9 +790,10 @@ def _numba_kernel():
                         x = w[j]
                         if x > thr:
                             present[k] += 1
-                        wsum[k] += x
+                        xd = np.float64(x)  # squares in float64, as the numpy path (float32 loses ~1e-8)
+                        wsum[k] += xd
                         if second:
-                            wsq[k] += x * x
+                            wsq[k] += xd * xd
 
             kernel = _k
         except Exception:  # numba missing or broken: numpy path

@@ -188,6 +188,21 @@ def test_crosstab_engines_agree_with_numpy(con, world_rows):
     assert c.n.sum() == sum(r["colour"] == "blue" for r in ok)
 
 
+def test_crosstab_numba_kernel_and_numpy_agree(con, monkeypatch):
+    """The optional numba kernel (the `fast` extra) and the numpy bincount path give the same table."""
+    if S._numba_kernel() is None:
+        pytest.skip("numba not installed: the numpy path is the only one")
+    kw = dict(every="month", engine="lance", second_moment=True, min_weight=0.05, batch_rows=97)
+    fast = S.concept_crosstab(con, "timestamp", **kw)
+    monkeypatch.setattr(S, "_numba_kernel", lambda: None)
+    slow = S.concept_crosstab(con, "timestamp", **kw)
+    assert fast.groups == slow.groups
+    np.testing.assert_array_equal(fast.n, slow.n)
+    np.testing.assert_array_equal(fast.present, slow.present)
+    np.testing.assert_allclose(fast.weight_sum, slow.weight_sum, rtol=1e-12)
+    np.testing.assert_allclose(fast.weight_sq, slow.weight_sq, rtol=1e-12)
+
+
 def test_crosstab_matches_duckdb_unnest(con):
     ct = S.concept_crosstab(con, "label")
     ref = con.execute("SELECT label, cid, count(*) FROM (SELECT label, unnest(concept_ids) AS cid FROM images) "
