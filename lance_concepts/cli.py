@@ -677,8 +677,7 @@ def index_cmd(db, table, index_type, column, no_scalar, lancedb_search, as_json,
                    "with at most --max-groups values, plus their pairs).")
 @click.option("--max-groups", default=1000, show_default=True,
               help="Most groups per dimension (time columns use a coarser window beyond it).")
-@click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
-              help="Object-store option for LanceDB (repeatable).")
+@_STORAGE_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def rollup_cmd(db, table, columns, max_groups, storage_options, as_json):
     """Rebuild the per-day / per-label concept aggregates that `drift` and `spurious` read instead of
