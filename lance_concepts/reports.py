@@ -287,7 +287,8 @@ def proportion_test(x1, n1, x2, n2, alternative: str = "two-sided", min_expected
     N = n1 + n2
     K = x1 + x2
     with np.errstate(invalid="ignore", divide="ignore"):
-        e_min = np.minimum.reduce([n1 * K / N, n1 * (N - K) / N, n2 * K / N, n2 * (N - K) / N])
+        # the smallest expected cell count: smallest row margin x smallest column margin / N
+        e_min = np.minimum(n1, n2) * np.minimum(K, N - K) / N
         pp = K / N
         se = np.sqrt(pp * (1 - pp) * (1 / n1 + 1 / n2))
         z = (x1 / n1 - x2 / n2) / se
