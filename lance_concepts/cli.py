@@ -678,8 +678,9 @@ def index_cmd(db, table, index_type, column, no_scalar, lancedb_search, as_json,
 @click.option("--max-groups", default=1000, show_default=True,
               help="Most groups per dimension (time columns use a coarser window beyond it).")
 @_STORAGE_OPTION
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def rollup_cmd(db, table, columns, max_groups, storage_options, as_json):
+def rollup_cmd(db, table, columns, max_groups, storage_options, quiet, as_json):
     """Rebuild the per-day / per-label concept aggregates that `drift` and `spurious` read instead of
     every image's concept weights (ingest and decompose do this at the end; run it after other writes).
 
@@ -691,7 +692,7 @@ def rollup_cmd(db, table, columns, max_groups, storage_options, as_json):
     from .rollup import rollup
 
     summary = rollup(db, table, list(columns) or None, max_groups=max_groups,
-                     storage_options=_storage_options(storage_options))
+                     storage_options=_storage_options(storage_options), quiet=quiet)
     click.echo(json.dumps(dataclasses.asdict(summary), indent=1) if as_json else summary.text())
 
 

@@ -1006,7 +1006,7 @@ def ingest(
     except Exception as exc:  # indexes and compaction are optimisations: report, do not fail the run
         summary.notes.append(f"index/compaction step skipped ({str(exc)[:200]}); the data is complete, "
                              "the next run retries it")
-    note = _refresh_rollup(store, summary.ok + summary.errors + summary.duplicates, rollup)
+    note = _refresh_rollup(store, summary.ok + summary.errors + summary.duplicates, rollup, quiet)
     if note:
         summary.notes.append(note)
     summary.seconds = time.perf_counter() - t_start
@@ -1040,7 +1040,7 @@ ROLLUP_AUTO_ROWS = 2_000_000
 ROLLUP_MIN_SHARE = 0.05
 
 
-def _refresh_rollup(store: ImageStore, written: int | None = None, mode="auto") -> str | None:
+def _refresh_rollup(store: ImageStore, written: int | None = None, mode="auto", quiet: bool = True) -> str | None:
     """Rebuild the report aggregates (rollup.py) for the table as it now is. An optimisation like the
     indexes: a failure is reported, and the reports scan the images table meanwhile. ``written``: rows
     this run wrote (``mode="auto"`` skips a large table that barely changed)."""
@@ -1060,7 +1060,7 @@ def _refresh_rollup(store: ImageStore, written: int | None = None, mode="auto") 
                 and written < ROLLUP_MIN_SHARE * rows):
             return (f"report aggregates ({rollup_table_name(store.name)}) not rebuilt: this run changed "
                     f"{written:,} of {rows:,} rows; drift/spurious scan the table until `lance-concepts rollup`")
-        rollup(store.conn, store.name, storage_options=store.storage_options)
+        rollup(store.conn, store.name, storage_options=store.storage_options, quiet=quiet)
     except Exception as exc:
         return f"report aggregates not rebuilt ({str(exc)[:200]}); `lance-concepts rollup` retries"
     return None
@@ -1682,7 +1682,7 @@ def decompose_table(
         store.ensure_indexes(force=True)
     except Exception:
         pass
-    _refresh_rollup(store)
+    _refresh_rollup(store, mode=True, quiet=quiet)
     rows = stats["rows"]
     return DecomposeSummary(db=str(db), table=table, rows=rows, vocabulary=f"{voc.name} ({len(voc)} concepts)",
                             l1_penalty=float(l1), concept_version=old_version + 1,

@@ -207,12 +207,12 @@ def _plan(ds, columns: Sequence[str] | None, max_groups: int):
 
 def rollup(db, table: str = "images", columns: Sequence[str] | None = None, *, max_groups: int = MAX_GROUPS,
            storage_options: Mapping[str, str] | None = None, batch_rows: int = 1 << 17,
-           progress=None) -> RollupSummary:
+           quiet: bool = True) -> RollupSummary:
     """(Re)build the ``<table>_rollup`` aggregates of ``table`` in one pass over its concept columns.
 
     ``columns``: the columns to aggregate by (default: every timestamp/date column and every
     categorical column with at most ``max_groups`` distinct values, plus their pairs).
-    ``progress``: optional callable(rows_done, rows_total). Returns a :class:`RollupSummary`.
+    ``quiet=False`` shows a progress bar (rows read). Returns a :class:`RollupSummary`.
     """
     from .sql import _Accumulator, _truncate
     from .store import ImageStore, _jsonable, METADATA_KEY, with_retries
@@ -232,7 +232,13 @@ def rollup(db, table: str = "images", columns: Sequence[str] | None = None, *, m
     accs = [_Accumulator(n_concepts, len(cols), 0.0, True) for _, cols, _ in dims]
     need = list(dict.fromkeys([c for _, cols, _ in dims for c in cols] + ["concept_ids", "concept_weights"]))
     total = ds.count_rows()
-    done = 0
+    bar = None
+    if dims and not quiet:
+        import sys
+
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, unit="row", unit_scale=True, desc="rollup", dynamic_ncols=True, file=sys.stderr)
     if dims:
         for b in ds.to_batches(columns=need, batch_size=batch_rows):
             ids, ws = b.column("concept_ids"), b.column("concept_weights")
@@ -241,9 +247,10 @@ def rollup(db, table: str = "images", columns: Sequence[str] | None = None, *, m
                 if every is not None:
                     gcols[0] = _truncate(gcols[0], every)
                 acc.add(gcols, ids, ws)
-            done += b.num_rows
-            if progress is not None:
-                progress(done, total)
+            if bar is not None:
+                bar.update(b.num_rows)
+    if bar is not None:
+        bar.close()
     schema = pa.schema([pa.field("dimension", pa.string()), pa.field("key", pa.string()),
                         pa.field("group", pa.int32()), pa.field("concept_id", pa.int32()),
                         pa.field("n", pa.int64()), pa.field("weight_sum", pa.float64()),

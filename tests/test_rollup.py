@@ -192,5 +192,9 @@ def test_cli_rollup(world_db):
     res = CliRunner().invoke(main, ["rollup", "--db", world_db, "--column", "label", "--column", "split"])
     assert res.exit_code == 0, res.output
     assert "label,split" in res.output and "images_rollup" in res.output
+    assert "rollup" in res.stderr and "row" in res.stderr  # the progress bar
+    res = CliRunner().invoke(main, ["rollup", "--db", world_db, "--quiet", "--json"])
+    assert res.exit_code == 0 and res.stderr == ""
+    assert json.loads(res.stdout)["dimensions"]["label"] == 8
     res = CliRunner().invoke(main, ["rollup", "--db", world_db, "--column", "nope"])
     assert res.exit_code == 2 and "no column" in res.output
