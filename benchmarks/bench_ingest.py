@@ -32,7 +32,6 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 
 warnings.filterwarnings("ignore")
 os.environ.setdefault("LANCEDB_LOG", "error")

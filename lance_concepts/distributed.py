@@ -35,12 +35,9 @@ import contextlib
 import json
 import os
 import pickle
-import sys
-import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import pyarrow as pa
 
 from .errors import InputError, LanceConceptsError

@@ -26,7 +26,6 @@ import collections
 import concurrent.futures as cf
 import hashlib
 import io
-import json
 import math
 import multiprocessing as mp
 import os
@@ -39,7 +38,7 @@ import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -1026,13 +1025,6 @@ def _default_workers() -> int:
     return max(1, min(8, n))
 
 
-def _rollup_current(store: ImageStore) -> bool:
-    from .rollup import data_fingerprint, rollup_metadata, rollup_table_name
-
-    meta = rollup_metadata(store.conn.open_table(rollup_table_name(store.name)).to_lance())
-    return meta.get("fingerprint") == data_fingerprint(store.refresh().table.to_lance())
-
-
 #: Rebuilding the report aggregates is one pass over the table (~7 s per million rows on 2 cores):
 #: ingest does it when the table is at most this large, or when the run wrote at least
 #: ROLLUP_MIN_SHARE of it; otherwise it says so and ``lance-concepts rollup`` does it on demand.
@@ -1044,7 +1036,7 @@ def _refresh_rollup(store: ImageStore, written: int | None = None, mode="auto", 
     """Rebuild the report aggregates (rollup.py) for the table as it now is. An optimisation like the
     indexes: a failure is reported, and the reports scan the images table meanwhile. ``written``: rows
     this run wrote (``mode="auto"`` skips a large table that barely changed)."""
-    from .rollup import rollup, rollup_table_name
+    from .rollup import is_current, rollup, rollup_table_name
     from .store import _table_names
 
     if mode is False or mode == "off":
@@ -1054,7 +1046,8 @@ def _refresh_rollup(store: ImageStore, written: int | None = None, mode="auto", 
         names = _table_names(store.conn)
         if not rows or store.concepts_name not in names:
             return None
-        if rollup_table_name(store.name) in names and _rollup_current(store):
+        rname = rollup_table_name(store.name)
+        if rname in names and is_current(store.refresh().table.to_lance(), store.conn.open_table(rname).to_lance()):
             return None
         if (mode == "auto" and written is not None and rows > ROLLUP_AUTO_ROWS
                 and written < ROLLUP_MIN_SHARE * rows):

@@ -37,14 +37,12 @@ import html as _html
 import io
 import json
 import math
-import os
 import re
-import sys
 import unicodedata
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -146,67 +144,57 @@ def _fisher_tail(x, N, K, n, upper, screen: float | None = None):
     return np.clip(out, 0.0, 1.0)
 
 
-_FISHER_KERNEL: list = []
-
-
-def _fisher_kernel():
+def _build_fisher_kernel(numba):
     """A numba version of :func:`_fisher_tail` when numba is installed (about 3x faster on the spurious
     report's ~120,000 exact tests); LANCE_CONCEPTS_NUMBA=0 turns it off, as for the cross-table."""
-    if _FISHER_KERNEL:
-        return _FISHER_KERNEL[0]
-    kernel = None
-    if os.environ.get("LANCE_CONCEPTS_NUMBA", "1") not in ("0", "false", "no"):
-        try:
-            import numba
 
-            @numba.njit(cache=True, nogil=True)
-            def _outward(x, N, K, n, up, screen):  # pragma: no cover - jitted
-                lo = max(0.0, n - (N - K))
-                hi = min(n, K)
-                if x < lo or x > hi:
-                    return 0.0
-                logp = (math.lgamma(K + 1) - math.lgamma(x + 1) - math.lgamma(K - x + 1)
-                        + math.lgamma(N - K + 1) - math.lgamma(n - x + 1) - math.lgamma(N - K - n + x + 1)
-                        - math.lgamma(N + 1) + math.lgamma(n + 1) + math.lgamma(N - n + 1))
-                t = math.exp(logp)
-                s = t
-                k = x
-                rest = N - K - n
-                steps = 0
-                while True:
-                    if up:
-                        if k >= hi:
-                            break
-                        t *= (K - k) * (n - k) / ((k + 1) * (rest + k + 1))
-                        k += 1
-                    else:
-                        if k <= lo:
-                            break
-                        t *= k * (rest + k) / ((K - k + 1) * (n - k + 1))
-                        k -= 1
-                    s += t
-                    steps += 1
-                    if steps == 3 and screen >= 0 and s > screen:
-                        break  # a lower bound above the screen is all the caller needs
-                    if t <= s * 1e-17:
-                        break
-                return min(s, 1.0)
+    @numba.njit(cache=True, nogil=True)
+    def _outward(x, N, K, n, up, screen):  # pragma: no cover - jitted
+        lo = max(0.0, n - (N - K))
+        hi = min(n, K)
+        if x < lo or x > hi:
+            return 0.0
+        logp = (math.lgamma(K + 1) - math.lgamma(x + 1) - math.lgamma(K - x + 1)
+                + math.lgamma(N - K + 1) - math.lgamma(n - x + 1) - math.lgamma(N - K - n + x + 1)
+                - math.lgamma(N + 1) + math.lgamma(n + 1) + math.lgamma(N - n + 1))
+        t = math.exp(logp)
+        s = t
+        k = x
+        rest = N - K - n
+        steps = 0
+        while True:
+            if up:
+                if k >= hi:
+                    break
+                t *= (K - k) * (n - k) / ((k + 1) * (rest + k + 1))
+                k += 1
+            else:
+                if k <= lo:
+                    break
+                t *= k * (rest + k) / ((K - k + 1) * (n - k + 1))
+                k -= 1
+            s += t
+            steps += 1
+            if steps == 3 and screen >= 0 and s > screen:
+                break  # a lower bound above the screen is all the caller needs
+            if t <= s * 1e-17:
+                break
+        return min(s, 1.0)
 
-            @numba.njit(cache=True, nogil=True)
-            def _k(x, N, K, n, upper, screen, out):  # pragma: no cover - jitted
-                for i in range(x.shape[0]):
-                    mode = math.floor((n[i] + 1) * (K[i] + 1) / (N[i] + 2))
-                    if (x[i] > mode) if upper[i] else (x[i] < mode):
-                        out[i] = _outward(x[i], N[i], K[i], n[i], upper[i], screen)
-                    else:  # the tail holds the mode: 1 - the opposite tail, summed exactly
-                        xo = x[i] - 1 if upper[i] else x[i] + 1
-                        out[i] = 1.0 - _outward(xo, N[i], K[i], n[i], not upper[i], -1.0)
+    @numba.njit(cache=True, nogil=True)
+    def _k(x, N, K, n, upper, screen, out):  # pragma: no cover - jitted
+        for i in range(x.shape[0]):
+            mode = math.floor((n[i] + 1) * (K[i] + 1) / (N[i] + 2))
+            if (x[i] > mode) if upper[i] else (x[i] < mode):
+                out[i] = _outward(x[i], N[i], K[i], n[i], upper[i], screen)
+            else:  # the tail holds the mode: 1 - the opposite tail, summed exactly
+                xo = x[i] - 1 if upper[i] else x[i] + 1
+                out[i] = 1.0 - _outward(xo, N[i], K[i], n[i], not upper[i], -1.0)
 
-            kernel = _k
-        except Exception:  # numba missing or broken: the numpy path
-            kernel = None
-    _FISHER_KERNEL.append(kernel)
-    return kernel
+    return _k
+
+
+_fisher_kernel = _sql.optional_kernel(_build_fisher_kernel)
 
 
 def _log_pmf(x, N, K, n):
@@ -221,8 +209,6 @@ def _log_pmf(x, N, K, n):
 def _tail_outward(x, N, K, n, upper):
     """Mass from x outward (upward where ``upper``) for x on the far side of the mode: log pmf at x from
     log-gamma, then the ratio recurrence over 6 sd + 12 values (the remainder is negligible)."""
-    from scipy.special import gammaln
-
     out = np.zeros(x.shape)
     if x.size == 0:
         return out
@@ -476,7 +462,6 @@ def format_table(table: pa.Table, max_rows: int | None = None, max_width: int = 
     for r in recs:
         cells = []
         for c in cols:
-            raw = table.column(c)  # keep floats as floats for formatting
             v = r[c]
             s = _fmt_cell(v)
             if len(s) > max_width:

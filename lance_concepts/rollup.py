@@ -44,7 +44,7 @@ import pyarrow as pa
 
 from .errors import InputError
 
-__all__ = ["rollup", "RollupSummary", "rollup_table_name", "load_crosstab", "data_fingerprint",
+__all__ = ["rollup", "RollupSummary", "rollup_table_name", "load_crosstab", "is_current", "data_fingerprint",
            "MAX_GROUPS", "ROLLUP_FORMAT"]
 
 MAX_GROUPS = 1000
@@ -284,15 +284,11 @@ def rollup(db, table: str = "images", columns: Sequence[str] | None = None, *, m
 
 
 def _concept_count(store) -> int:
-    if store.concepts_name not in _names(store.conn):
-        raise InputError(f"{store.db_uri} has no {store.concepts_name!r} table: nothing to roll up")
-    return int(store.conn.open_table(store.concepts_name).count_rows())
-
-
-def _names(conn) -> list[str]:
     from .store import _table_names
 
-    return _table_names(conn)
+    if store.concepts_name not in _table_names(store.conn):
+        raise InputError(f"{store.db_uri} has no {store.concepts_name!r} table: nothing to roll up")
+    return int(store.conn.open_table(store.concepts_name).count_rows())
 
 
 def _crosstab_rows(dname: str, ct, k: int) -> pa.Table:
@@ -322,6 +318,14 @@ def rollup_metadata(rollup_ds) -> dict:
     return _decode_metadata(rollup_ds.schema)
 
 
+def is_current(images_ds, rollup_ds, meta: dict | None = None) -> bool:
+    """Whether the rollup describes the images table as it is now (and is itself as written)."""
+    meta = rollup_metadata(rollup_ds) if meta is None else meta
+    return (meta.get("format") == ROLLUP_FORMAT
+            and meta.get("rows") == rollup_ds.count_rows()  # rows are located by offset
+            and meta.get("fingerprint") == data_fingerprint(images_ds))
+
+
 def load_crosstab(images_ds, rollup_ds, cols: Sequence[str], every: str | None, *, n_concepts: int,
                   min_weight: float = 0.0, second_moment: bool = False) -> Any | None:
     """The :class:`~lance_concepts.sql.Crosstab` of ``images_ds`` grouped by ``cols`` (the first one
@@ -332,11 +336,7 @@ def load_crosstab(images_ds, rollup_ds, cols: Sequence[str], every: str | None, 
     if min_weight != 0 or rollup_ds is None:
         return None
     meta = rollup_metadata(rollup_ds)
-    if meta.get("format") != ROLLUP_FORMAT or meta.get("n_concepts") != n_concepts:
-        return None
-    if meta.get("rows") != rollup_ds.count_rows():  # rows located by offset: the table must be as written
-        return None
-    if meta.get("fingerprint") != data_fingerprint(images_ds):
+    if meta.get("n_concepts") != n_concepts or not is_current(images_ds, rollup_ds, meta):
         return None
     dims = meta.get("dimensions") or {}
     cols = list(cols)

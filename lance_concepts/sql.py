@@ -42,7 +42,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
-from .errors import InputError, LanceConceptsError
+from .errors import InputError
 
 __all__ = [
     "connect",
@@ -748,7 +748,6 @@ class _Accumulator:
                         dropped_null_groups=self.dropped, engine=engine)
 
 
-_KERNEL: list = []
 _POOL: list = []
 
 
@@ -768,38 +767,54 @@ def _pool():
     return _POOL[0]
 
 
-def _numba_kernel():
+def optional_kernel(build):
+    """Memoised ``build(numba)`` -> a jitted function, or None when numba is missing, broken or turned
+    off (LANCE_CONCEPTS_NUMBA=0): numba is optional and every kernel has a numpy path with the same
+    numbers."""
+    cache: list = []
+
+    def get():
+        if not cache:
+            kernel = None
+            if os.environ.get("LANCE_CONCEPTS_NUMBA", "1") not in ("0", "false", "no"):
+                try:
+                    import numba
+
+                    kernel = build(numba)
+                except Exception:  # numba missing or broken: the numpy path
+                    kernel = None
+            cache.append(kernel)
+        return cache[0]
+
+    get.__doc__ = build.__doc__
+    return get
+
+
+def _build_crosstab_kernel(numba):
     """The fused crosstab kernel when numba is installed (it is optional: numpy's bincount gives the
     same numbers, about 2-3x slower). LANCE_CONCEPTS_NUMBA=0 turns it off."""
-    if _KERNEL:
-        return _KERNEL[0]
-    kernel = None
-    if os.environ.get("LANCE_CONCEPTS_NUMBA", "1") not in ("0", "false", "no"):
-        try:
-            import numba
 
-            @numba.njit(cache=True, nogil=True)
-            def _k(codes, off, cids, w, C, thr, present, wsum, wsq, second):  # pragma: no cover - jitted
-                for i in range(codes.shape[0]):
-                    g = codes[i]
-                    if g < 0:
-                        continue
-                    base = g * C
-                    for j in range(off[i], off[i + 1]):
-                        k = base + cids[j]
-                        x = w[j]
-                        if x > thr:
-                            present[k] += 1
-                        xd = np.float64(x)  # squares in float64, as the numpy path (float32 loses ~1e-8)
-                        wsum[k] += xd
-                        if second:
-                            wsq[k] += xd * xd
+    @numba.njit(cache=True, nogil=True)
+    def _k(codes, off, cids, w, C, thr, present, wsum, wsq, second):  # pragma: no cover - jitted
+        for i in range(codes.shape[0]):
+            g = codes[i]
+            if g < 0:
+                continue
+            base = g * C
+            for j in range(off[i], off[i + 1]):
+                k = base + cids[j]
+                x = w[j]
+                if x > thr:
+                    present[k] += 1
+                xd = np.float64(x)  # squares in float64, as the numpy path (float32 loses ~1e-8)
+                wsum[k] += xd
+                if second:
+                    wsq[k] += xd * xd
 
-            kernel = _k
-        except Exception:  # numba missing or broken: numpy path
-            kernel = None
-    _KERNEL.append(kernel)
-    return kernel
+    return _k
+
+
+_numba_kernel = optional_kernel(_build_crosstab_kernel)
 
 
 def _sort_key(v):

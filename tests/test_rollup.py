@@ -7,7 +7,6 @@ from datetime import datetime, timedelta
 
 import lance
 import numpy as np
-import pyarrow as pa
 import pytest
 
 from lance_concepts import reports as R
