@@ -53,8 +53,8 @@ def _write_db(path, R, emb, terms, concepts):
 
     import pyarrow as pa
 
-    from lance_concepts import store as S
-    from lance_concepts.falcon import add_features_column
+    from lance_concepts.lake import store as S
+    from lance_concepts.lake.features import add_features_column
 
     shutil.rmtree(path, ignore_errors=True)
     st = S.ImageStore(path)
@@ -78,7 +78,8 @@ def main():
     ap.add_argument("--db", default=None, help="also time falcon() end to end on a LanceDB table written here")
     args = ap.parse_args()
 
-    from lance_concepts.falcon import FalconExplainer, falcon
+    from lance_concepts.concepts.falcon import FalconExplainer
+    from lance_concepts.lake.features import falcon
 
     t = time.perf_counter()
     R, emb, terms, concepts = synthetic(args.n, args.m, n_terms=args.terms)

@@ -40,15 +40,9 @@ os.environ.setdefault("LANCE_LOG", "error")
 warnings.simplefilter("ignore")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lance_concepts.search import (  # noqa: E402
-    Searcher,
-    compile_where,
-    concept_resolver,
-    index_params,
-    _vector_query,
-    build_vector_index,
-    build_scalar_indexes,
-)
+from lance_concepts.retrieval.searcher import Searcher, _vector_query
+from lance_concepts.retrieval.where import compile_where, concept_resolver
+from lance_concepts.retrieval.index import index_params, build_vector_index, build_scalar_indexes
 
 N_CONCEPTS = 10_000
 

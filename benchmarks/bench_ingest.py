@@ -55,7 +55,7 @@ _PRE = {}
 
 def _decode_one(path: str):
     """Worker: read + decode + the model's preprocessing, the CPU work ingest does per image."""
-    from lance_concepts.ingest import decode_image
+    from lance_concepts.lake.decode import decode_image
 
     pre, draft = _PRE["pre"], _PRE["draft"]
     with open(path, "rb") as f:
@@ -85,9 +85,10 @@ def _decode_pool_seconds(files: list[Path], preprocess, draft, workers: int) -> 
 def bench_model(key: str, files: list[Path], args) -> dict:
     import torch
 
-    from lance_concepts.encoder import load_encoder
+    from lance_concepts.models.encoder import load_encoder
     from lance_concepts.errors import LanceConceptsError
-    from lance_concepts.ingest import decode_image, ingest
+    from lance_concepts.lake.decode import decode_image
+    from lance_concepts.lake.ingest import ingest
 
     name, pretrained = MODELS[key]
     try:
@@ -124,9 +125,9 @@ def bench_model(key: str, files: list[Path], args) -> dict:
                 enc.encode_images(tensors[i:i + args.batch_size])
 
     runs = {"encode": [], "ingest": [], "decode": []}
-    from lance_concepts.ingest import _default_workers
+    from lance_concepts.lake.engines.local import default_workers
 
-    n_workers = args.workers if args.workers is not None else _default_workers()
+    n_workers = args.workers if args.workers is not None else default_workers()
     draft = 2 * enc.image_size if args.fast_jpeg else None
 
     def ingest_once(tag):

@@ -46,8 +46,8 @@ def main(argv=None):
 
     import ray
 
-    from lance_concepts.distributed import init_local
-    from lance_concepts.ingest import ingest
+    from lance_concepts.lake.engines.ray import init_local
+    from lance_concepts.lake.ingest import ingest
 
     work = Path(tempfile.mkdtemp(prefix="bench_ray_"))
     try:
@@ -57,7 +57,7 @@ def main(argv=None):
                 print(f"skipped: {source} does not exist")
                 return 0
         else:
-            from lance_concepts.demo_world import generate_dataset
+            from lance_concepts.demo.world import generate_dataset
 
             source = generate_dataset(work / "data", n=args.n, seed=0)
         pretrained = None  # random weights for open_clip models: the architecture sets the cost

@@ -44,12 +44,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lance_concepts.splice import (  # noqa: E402
-    SpliceDecomposer,
-    kkt_violation,
-    lasso_objective,
-    prepare_dictionary,
-)
+from lance_concepts.concepts.splice import SpliceDecomposer, kkt_violation, lasso_objective, prepare_dictionary
 from tests.splice_problems import clip_like_images, coherent_dictionary, image_mean  # noqa: E402
 
 

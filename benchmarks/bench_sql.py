@@ -69,10 +69,14 @@ def _rss_mb() -> float:
 
 def _variants(db: str, probe: dict):
     """(ours, naive) callables for each case, sharing one connection."""
-    from lance_concepts import reports as R
-    from lance_concepts import sql as S
+    from lance_concepts.query.drift import drift
+    from lance_concepts.query.filter import filter
+    from lance_concepts.query.spurious import spurious
+    from lance_concepts.query.crosstab import concept_crosstab
+    from lance_concepts.query.connection import concept_names, connect, run_query
+    from lance_concepts.query.named import load_query
 
-    con = S.connect(db)
+    con = connect(db)
     name, cid = probe["name"], probe["cid"]
     unnest = "SELECT id, uri, label, unnest(concepts) AS x FROM images_naive"
     naive_filter = f"SELECT id, x.weight AS weight FROM ({unnest}) WHERE x.concept_id = $c AND x.weight > $t"
@@ -85,30 +89,30 @@ def _variants(db: str, probe: dict):
                   "sum(x.weight) AS s FROM (SELECT label, unnest(concepts) AS x FROM images_naive) GROUP BY ALL")
 
     def q(sql, params=None):
-        return lambda: S.run_query(con, sql, params).num_rows
+        return lambda: run_query(con, sql, params).num_rows
 
     cases = {
         "filter_ids": (q("SELECT image_id, weight FROM concept_images($n, $t)", {"n": name, "t": THRESHOLD}),
                        q(naive_filter, {"c": cid, "t": THRESHOLD})),
-        "filter_top100": (lambda: R.filter(con, name, THRESHOLD, limit=100, columns=["uri", "label"]).num_rows,
+        "filter_top100": (lambda: filter(con, name, THRESHOLD, limit=100, columns=["uri", "label"]).num_rows,
                           q(naive_rows + " LIMIT 100", {"c": cid, "t": THRESHOLD})),
-        "filter_rows": (lambda: R.filter(con, name, THRESHOLD, columns=["uri", "label"]).num_rows,
+        "filter_rows": (lambda: filter(con, name, THRESHOLD, columns=["uri", "label"]).num_rows,
                         q(naive_rows, {"c": cid, "t": THRESHOLD})),
-        "drift": (lambda: R.drift(con, "timestamp", "month", top=50).table.num_rows,
+        "drift": (lambda: drift(con, "timestamp", "month", top=50).table.num_rows,
                   q(naive_drift + " UNION ALL SELECT date_trunc('month', timestamp), -1, count(*), 0, 0 "
                                   "FROM images_naive GROUP BY ALL")),
-        "spurious": (lambda: R.spurious(con, "label", label_match="string").table.num_rows,
+        "spurious": (lambda: spurious(con, "label", label_match="string").table.num_rows,
                      q(naive_spur + " UNION ALL SELECT label, -1, count(*), 0 FROM images_naive GROUP BY ALL")),
     }
     # the same reports without the rollup: one pass over every concept weight of the images table
-    cases["drift_scan"] = (lambda: R.drift(con, "timestamp", "month", top=50, engine="lance").table.num_rows,
+    cases["drift_scan"] = (lambda: drift(con, "timestamp", "month", top=50, engine="lance").table.num_rows,
                            cases["drift"][1])
-    cases["spurious_scan"] = (lambda: R.spurious(con, "label", label_match="string", engine="lance").table.num_rows,
+    cases["spurious_scan"] = (lambda: spurious(con, "label", label_match="string", engine="lance").table.num_rows,
                               cases["spurious"][1])
     # the aggregation alone, like for like with the naive side (no statistics on either side)
-    cases["drift_counts"] = (lambda: len(S.concept_crosstab(con, "timestamp", every="month").groups),
+    cases["drift_counts"] = (lambda: len(concept_crosstab(con, "timestamp", every="month").groups),
                              cases["drift"][1])
-    cases["spurious_counts"] = (lambda: len(S.concept_crosstab(con, "label").groups), cases["spurious"][1])
+    cases["spurious_counts"] = (lambda: len(concept_crosstab(con, "label").groups), cases["spurious"][1])
     return con, cases
 
 
@@ -153,13 +157,15 @@ def _mem_case(db, probe, case, which, out):
 
 
 def _library_sql(db, out):
-    from lance_concepts import sql as S
+    from lance_concepts.query.crosstab import concept_crosstab
+    from lance_concepts.query.connection import concept_names, connect, run_query
+    from lance_concepts.query.named import load_query
 
-    con = S.connect(db)
+    con = connect(db)
     res = {}
     for name, params in (("drift_alerts", {}), ("spurious_correlations", {}), ("concept_prevalence", {})):
         t0 = time.perf_counter()
-        n = S.load_query(name).run(con, params).num_rows
+        n = load_query(name).run(con, params).num_rows
         res[name] = {"s": time.perf_counter() - t0, "rows": n}
     out.put(res)
 
@@ -197,7 +203,7 @@ def build(work: Path, n: int, concepts: int, nnz: int, labels: int, months: int,
 
 def ensure_rollup(db: str) -> dict:
     """Build the report aggregates as ingest does at its end (timed: the cost a write pays)."""
-    from lance_concepts.rollup import rollup
+    from lance_concepts.lake.rollup import rollup
 
     s = rollup(db)
     print(f"rollup: {s.rows:,} rows, {s.dimensions} in {s.seconds:.1f}s")
@@ -205,14 +211,16 @@ def ensure_rollup(db: str) -> dict:
 
 
 def _probe(db: str, rank: int) -> dict:
-    from lance_concepts import sql as S
+    from lance_concepts.query.crosstab import concept_crosstab
+    from lance_concepts.query.connection import concept_names, connect, run_query
+    from lance_concepts.query.named import load_query
 
-    con = S.connect(db)
+    con = connect(db)
     cnt = con.execute("SELECT concept_id, count(*) AS n FROM image_concepts_raw GROUP BY 1 ORDER BY 2 DESC, 1"
                       ).fetchall()
     cid, k = cnt[min(rank, len(cnt) - 1)]
     n = con.execute("SELECT count(*) FROM images").fetchone()[0]
-    name = S.concept_names(con).name(int(cid))
+    name = concept_names(con).name(int(cid))
     con.close()
     return {"cid": int(cid), "name": name, "images_with": int(k), "share": k / n, "rank": rank}
 

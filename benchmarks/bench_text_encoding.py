@@ -20,7 +20,7 @@ import torch
 
 def concepts(n: int) -> list[str]:
     try:
-        from lance_concepts.vocabulary import load_vocabulary
+        from lance_concepts.concepts.vocabulary import load_vocabulary
 
         words = list(load_vocabulary("default"))
     except Exception:  # the default list is not built yet: synthetic one- and two-word strings
@@ -39,7 +39,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=64)
     args = ap.parse_args()
-    from lance_concepts.encoder import ClipEncoder
+    from lance_concepts.models.encoder import ClipEncoder
 
     torch.set_num_threads(torch.get_num_threads())
     enc = ClipEncoder(args.model, pretrained=None, batch_size=args.batch_size)

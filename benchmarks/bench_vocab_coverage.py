@@ -28,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lance_concepts.vocabulary_build import STOPWORDS  # noqa: E402
+from tools.build_vocabulary import STOPWORDS
 
 DEFAULT_VOCAB = REPO / "lance_concepts" / "data" / "default_vocab.txt"
 

@@ -9,15 +9,13 @@ import sys
 from pathlib import Path
 
 import lance_concepts as lc
-from lance_concepts import demo_world
-from lance_concepts.ingest import ingest
-from lance_concepts.search import search
+from lance_concepts.demo import world as demo_world
 
 root = Path(sys.argv[1] if len(sys.argv) > 1 else "tour-out")
 db = str(root / "tour.lancedb")
 
 manifest = demo_world.generate_dataset(root / "world", n=480, seed=1)
-print(ingest(str(manifest), db, model="demo", vocab="demo"))
+print(lc.ingest(str(manifest), db, model="demo", vocab="demo"))
 
 red = lc.filter(db, "red", 0.0, columns=["uri", "colour"])
 print(f"\n{red.num_rows} images show 'red'; their true colours:",
@@ -35,7 +33,7 @@ con = lc.connect(db)
 n_grass = con.execute("SELECT count(*) FROM images WHERE concept_weight(images, 'grass') > 0.2").fetchone()[0]
 print(f"\nSQL: {n_grass} images with grass weight above 0.2")
 
-hits = search(db, "a photo of a star", where="concept('sand') > 0.1", k=5)
+hits = lc.search(db, "a photo of a star", where="concept('sand') > 0.1", k=5)
 print("\nstars on sand:", hits.select(["uri", "shape", "background", "score"]).to_pylist())
 
 report = lc.edit(db, ["red"], "without_red", labels_columns=["colour"], prompts="a photo of a {} shape")

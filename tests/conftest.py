@@ -24,7 +24,7 @@ def _isolated_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def demo_encoder():
-    from lance_concepts.encoder import load_encoder
+    from lance_concepts.models.encoder import load_encoder
 
     return load_encoder("demo")
 
@@ -36,7 +36,7 @@ def ray_session():
     pytest.importorskip("lance_ray")
     import ray
 
-    from lance_concepts.distributed import init_local
+    from lance_concepts.lake.engines.ray import init_local
 
     if ray.is_initialized():  # pragma: no cover - someone else's session
         yield

@@ -1,7 +1,7 @@
 """The main job end to end on the demo world: what it reports matches the planted truth."""
 import pytest
 
-from lance_concepts.demo import FILTER_THRESHOLD, demo
+from lance_concepts.demo.job import FILTER_THRESHOLD, demo
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_figures_and_report_are_written(result):
 
 def test_drift_plot_of_chosen_concepts_when_alerts_name_others(result, tmp_path):
     """Alerts are computed over every concept; a plot of other chosen concepts must still draw."""
-    from lance_concepts.reports import drift
+    from lance_concepts.query.drift import drift
 
     res = drift(result.db, "timestamp", "month", concepts=["grass"])
     assert {a["concept"] for a in res.alerts} - {"grass"}  # red alerts, but only grass is tabled

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lance_concepts import demo_world as w
+from lance_concepts.demo import world as w
 
 N = 600
 

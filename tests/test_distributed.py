@@ -15,9 +15,11 @@ import pytest
 pytest.importorskip("ray")
 pytest.importorskip("lance_ray")
 
-from lance_concepts.demo_world import generate_dataset  # noqa: E402
-from lance_concepts.ingest import decompose_table, ingest  # noqa: E402
-from lance_concepts.store import ImageStore, read_metadata  # noqa: E402
+from lance_concepts.demo.world import generate_dataset
+from lance_concepts.lake.decompose import decompose_table
+from lance_concepts.lake.engines import ray as ray_engine
+from lance_concepts.lake.ingest import ingest
+from lance_concepts.lake.store import ImageStore, read_metadata
 
 N = 40
 VOLATILE = {"created_at", "updated_at", "sources"}  # differ between any two runs
@@ -106,7 +108,7 @@ def _same(ta: pa.Table, tb: pa.Table):
 
 def test_duckdb_queries_agree_on_ray_tables(both):
     import lance_concepts as lc
-    from lance_concepts.sql import sql
+    from lance_concepts.query.named import sql
 
     local, dist, _, _ = both
     for concept in ("red", "grass"):
@@ -135,29 +137,30 @@ def _orphans(db):
     return on_disk - used
 
 
-def test_killed_map_actor_and_write_task_write_each_row_once(world, tmp_path, ray_session):
+def test_killed_map_actor_and_write_task_write_each_row_once(world, tmp_path, ray_session, monkeypatch):
     """A map actor and an images write task (after writing its fragment files) die on their first
     attempt; Ray retries them; every row is in the table once."""
     marks = tmp_path / "marks"
     marks.mkdir()
     db = str(tmp_path / "db.lancedb")
-    s = ingest(world, db, engine="ray", _faults={"stages": ["map", "write"], "dir": str(marks)}, **KW)
+    monkeypatch.setattr(ray_engine, "FAULTS", {"stages": ["map", "write"], "dir": str(marks)})
+    s = ingest(world, db, engine="ray", **KW)
     assert sorted(os.listdir(marks)) == ["map.failed", "write.failed"]  # both failures happened
     assert (s.ok, s.errors) == (N - 2, 2)
     _check_exactly_once(db, N)
     assert _orphans(db), "the killed write attempt left no files: the failure was not after the write"
 
 
-def test_run_killed_between_commits_resumes_exactly_once(world, tmp_path, ray_session):
+def test_run_killed_between_commits_resumes_exactly_once(world, tmp_path, ray_session, monkeypatch):
     """The driver dies after the second wave's postings commit, before its images commit; the re-run
     finishes the job and removes the postings the dead run left twice."""
     marks = tmp_path / "marks"
     marks.mkdir()
     db = str(tmp_path / "db.lancedb")
     # the hook fires in the first wave: its postings are committed, its images are not
-    with pytest.raises(RuntimeError, match="injected failure in commit"):
-        ingest(world, db, engine="ray", commit_every=24,
-               _faults={"stages": ["commit"], "dir": str(marks)}, **KW)
+    with monkeypatch.context() as m, pytest.raises(RuntimeError, match="injected failure in commit"):
+        m.setattr(ray_engine, "FAULTS", {"stages": ["commit"], "dir": str(marks)})
+        ingest(world, db, engine="ray", commit_every=24, **KW)
     assert read_metadata(db).get("ingest_in_progress")
     s = ingest(world, db, engine="ray", **KW)
     assert s.ok + s.errors + s.skipped == N

@@ -23,7 +23,7 @@ N_IMAGES = 240
 
 def _demo_weights_present() -> bool:
     try:
-        from lance_concepts.demo_model import demo_weights_path
+        from lance_concepts.models.demo_model import demo_weights_path
 
         return demo_weights_path().is_file()
     except Exception:
@@ -41,8 +41,8 @@ COLOUR_WORDS_EXTRA = {"pink", "brown", "grey", "gray", "gold", "silver"}
 
 def colour_words() -> set:
     """The demo world's colours, their synonyms and a few other colour names."""
-    from lance_concepts.demo_model import SYNONYMS
-    from lance_concepts.demo_world import COLOURS
+    from lance_concepts.models.demo_model import SYNONYMS
+    from lance_concepts.demo.world import COLOURS
 
     words = set(COLOURS) | COLOUR_WORDS_EXTRA
     for c in COLOURS:
@@ -53,9 +53,9 @@ def colour_words() -> set:
 @pytest.fixture(scope="module")
 def demo_db(tmp_path_factory):
     """The demo world ingested with the demo model and a vocabulary of the world's words."""
-    from lance_concepts import demo_world
-    from lance_concepts.ingest import ingest
-    from lance_concepts.search import index
+    from lance_concepts.demo import world as demo_world
+    from lance_concepts.lake.ingest import ingest
+    from lance_concepts.retrieval.index import index
 
     root = tmp_path_factory.mktemp("edit")
     manifest = demo_world.generate_dataset(root / "data", n=N_IMAGES, seed=7)
@@ -72,8 +72,8 @@ def two_task_db(tmp_path_factory):
     """A two-task set as in the SpLiCE CelebA study: images differ only in colour and shape (one
     background, so colour cannot leak through background words like 'grass' or 'sky'; colours uniform,
     so the image mean added back by the recomposition favours none)."""
-    from lance_concepts import demo_world
-    from lance_concepts.ingest import ingest
+    from lance_concepts.demo import world as demo_world
+    from lance_concepts.lake.ingest import ingest
 
     root = tmp_path_factory.mktemp("two_task")
     manifest = demo_world.generate_dataset(root / "data", n=N_IMAGES, seed=11, backgrounds=["wood"], drift_start=0.125, drift_end=0.125,
@@ -103,7 +103,7 @@ def colour_concepts(db, words=None) -> list[str]:
 
 # ----------------------------------------------------------------------------------------------- edit
 def test_removing_colour_concepts_removes_colour_not_shape(two_task_db):
-    from lance_concepts.search import edit
+    from lance_concepts.retrieval.edit import edit
 
     db = two_task_db
     report = edit(db, colour_concepts(db), "no_colour", labels_columns=["colour", "shape"],
@@ -122,7 +122,7 @@ def test_removing_colour_concepts_removes_colour_not_shape(two_task_db):
 def test_edit_writes_unit_vectors_and_provenance(demo_db):
     import lancedb
 
-    from lance_concepts.search import edit
+    from lance_concepts.retrieval.edit import edit
 
     db, _ = demo_db
     edit(db, ["red"], "no_red")
@@ -135,7 +135,7 @@ def test_edit_writes_unit_vectors_and_provenance(demo_db):
     edits = json.loads(tbl.schema.metadata[b"lance_concepts.edits"])
     assert edits["no_red"]["removed"] == {"red": edits["no_red"]["removed"]["red"]}
     # the edited column is searchable
-    from lance_concepts.search import search
+    from lance_concepts.retrieval.searcher import search
 
     res = search(db, "a red circle", vector_column="no_red", k=5)
     assert res.num_rows == 5
@@ -154,7 +154,7 @@ def test_edit_writes_unit_vectors_and_provenance(demo_db):
      "exactly one"),
 ])
 def test_edit_bad_input(demo_db, kwargs, message):
-    from lance_concepts.search import edit
+    from lance_concepts.retrieval.edit import edit
 
     db, _ = demo_db
     with pytest.raises(InputError, match=message):
@@ -163,7 +163,7 @@ def test_edit_bad_input(demo_db, kwargs, message):
 
 # --------------------------------------------------------------------------------------------- search
 def test_text_search_finds_the_named_colour_and_shape(demo_db):
-    from lance_concepts.search import search
+    from lance_concepts.retrieval.searcher import search
 
     db, _ = demo_db
     colour, shape = _truth(db, "colour"), _truth(db, "shape")
@@ -176,7 +176,7 @@ def test_text_search_finds_the_named_colour_and_shape(demo_db):
 def test_concept_filter_is_honoured_exactly(demo_db):
     import lancedb
 
-    from lance_concepts.search import search
+    from lance_concepts.retrieval.searcher import search
 
     db, _ = demo_db
     t = lancedb.connect(db).open_table("images").to_lance().to_table(
@@ -197,8 +197,8 @@ def test_without_removes_the_concept_from_an_image_query(demo_db):
     """'like this image but without red': the red share of the results drops, the background stays."""
     import lancedb
 
-    from lance_concepts.demo_model import SYNONYMS
-    from lance_concepts.search import search
+    from lance_concepts.models.demo_model import SYNONYMS
+    from lance_concepts.retrieval.searcher import search
 
     db, manifest = demo_db
     colour, background = _truth(db, "colour"), _truth(db, "background")
@@ -224,7 +224,7 @@ def test_without_removes_the_concept_from_an_image_query(demo_db):
 
 
 def test_with_adds_a_concept_to_a_text_query(demo_db):
-    from lance_concepts.search import search
+    from lance_concepts.retrieval.searcher import search
 
     db, _ = demo_db
     colour = _truth(db, "colour")
@@ -235,7 +235,8 @@ def test_with_adds_a_concept_to_a_text_query(demo_db):
 
 
 def test_unknown_concept_in_arithmetic(demo_db):
-    from lance_concepts.search import WhereError, search
+    from lance_concepts.retrieval.where import WhereError
+    from lance_concepts.retrieval.searcher import search
 
     db, _ = demo_db
     with pytest.raises(WhereError, match="closest in the vocabulary: 'red'"):
@@ -246,8 +247,7 @@ def test_unknown_concept_in_arithmetic(demo_db):
 def test_plain_lancedb_text_search_uses_the_table_model(demo_db):
     import lancedb
 
-    import lance_concepts.search  # noqa: F401  (registers the embedding function)
-    from lance_concepts.search import search
+    from lance_concepts.retrieval.searcher import search
 
     db, _ = demo_db
     tbl = lancedb.connect(db).open_table("images")
@@ -265,7 +265,7 @@ def test_import_lance_concepts_is_enough_for_plain_lancedb():
     code = (
         "import sys, json\n"
         "import lance_concepts\n"
-        "hooked = 'lance_concepts.search' in sys.modules\n"
+        "hooked = 'lance_concepts.retrieval.registration' in sys.modules\n"
         "import lancedb\n"
         "from lancedb.embeddings import get_registry\n"
         "try:\n"
@@ -321,8 +321,8 @@ def test_ingest_still_appends_after_lancedb_search_is_recorded(demo_db, tmp_path
     rows, whose embedding is null) must still write, and plain LanceDB text search must still work."""
     import lancedb
 
-    from lance_concepts import demo_world
-    from lance_concepts.ingest import ingest
+    from lance_concepts.demo import world as demo_world
+    from lance_concepts.lake.ingest import ingest
 
     db, _ = demo_db
     manifest = demo_world.generate_dataset(tmp_path / "more", n=6, seed=99)

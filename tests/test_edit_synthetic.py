@@ -28,8 +28,8 @@ class FakeEncoder:
 def world(tmp_path_factory):
     import lancedb
 
-    from lance_concepts.splice import SpliceDecomposer
-    from lance_concepts.store import concepts_schema, images_schema
+    from lance_concepts.concepts.splice import SpliceDecomposer
+    from lance_concepts.lake.store import concepts_schema, images_schema
 
     rng = np.random.default_rng(0)
     basis, _ = np.linalg.qr(rng.normal(size=(D, D)))
@@ -73,7 +73,7 @@ def world(tmp_path_factory):
 
 
 def test_removing_planted_colour_concepts(world):
-    from lance_concepts.search import edit
+    from lance_concepts.retrieval.edit import edit
 
     path, encoder, _, _ = world
     report = edit(path, COLOURS, "no_colour", labels_columns=["colour", "shape"], prompts="a photo of a {}",
@@ -89,7 +89,7 @@ def test_removing_planted_colour_concepts(world):
 def test_edited_column_is_the_splice_recomposition(world):
     import lancedb
 
-    from lance_concepts.search import edit
+    from lance_concepts.retrieval.edit import edit
 
     path, encoder, dec, W = world
     edit(path, ["red", "circle"], "no_red_circle", encoder=encoder)
@@ -107,7 +107,7 @@ def test_edited_column_is_the_splice_recomposition(world):
 
 def test_edit_checks_the_encoder_fingerprint(world):
     from lance_concepts.errors import InputError
-    from lance_concepts.search import edit
+    from lance_concepts.retrieval.edit import edit
 
     path, encoder, _, _ = world
     other = FakeEncoder(encoder.directions, "another-model")

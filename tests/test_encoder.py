@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from lance_concepts.encoder import ClipEncoder, load_encoder
+from lance_concepts.models.encoder import ClipEncoder, load_encoder
 from lance_concepts.errors import WeightsUnavailableError
 
 CONCEPTS = ["dog", "traffic light", "ice cream", "red", "a", "über café", "o'neil", "sand dune",
@@ -60,7 +60,7 @@ def test_fingerprint_is_stable_and_tracks_weights(demo_encoder, tmp_path):
     again = ClipEncoder("demo")
     assert again.fingerprint == demo_encoder.fingerprint
     # the same weights loaded from a local file give the same fingerprint
-    from lance_concepts.demo_model import DEMO_MODEL_NAME
+    from lance_concepts.models.demo_model import DEMO_MODEL_NAME
 
     path = tmp_path / "weights.pt"
     torch.save(demo_encoder.model.state_dict(), path)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from lance_concepts.errors import InputError
-from lance_concepts.falcon import FalconExplainer, FalconTransfer
+from lance_concepts.concepts.falcon import FalconExplainer, FalconTransfer
 
 COLOURS = ["red", "orange", "yellow", "green", "blue", "purple", "white", "black"]
 SHAPES = ["circle", "square", "triangle", "star", "cross", "diamond", "hexagon", "heart"]

@@ -8,10 +8,10 @@ import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
-from lance_concepts import store as S
+from lance_concepts.lake import store as S
 from lance_concepts.cli import main
 from lance_concepts.errors import InputError
-from lance_concepts.falcon import add_features_column, falcon, transfer
+from lance_concepts.lake.features import add_features_column, falcon, transfer
 from tests.test_falcon import focus_world, planted_world
 
 
@@ -79,7 +79,7 @@ def test_falcon_writes_features_and_per_image_labels(synth_db):
     assert got == high0
 
     # the same question through the named query in sql/
-    from lance_concepts.sql import sql as run_sql
+    from lance_concepts.query.named import sql as run_sql
 
     named = run_sql(db, file="feature_labels", params={"concept": "red", "representation": "acts",
                                                         "limit": 100000})
@@ -154,7 +154,7 @@ def test_transfer_in_the_database(tmp_path):
     M = np.eye(A.shape[1])[:, rng.permutation(A.shape[1])]
     add_features_column(st, ids, A, "model_a")
     add_features_column(st, ids, (A @ M + rng.normal(scale=0.02, size=A.shape)).astype(np.float32), "model_b")
-    with pytest.raises(InputError, match="run `lance-concepts falcon"):
+    with pytest.raises(InputError, match=r"run falcon\(db, features_column"):
         transfer(db, "model_a", "model_b")
     falcon(db, "model_a")
     out = CliRunner().invoke(main, ["falcon", "transfer", "--db", db, "--from-column", "model_a",

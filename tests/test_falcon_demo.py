@@ -17,29 +17,19 @@ import csv
 import numpy as np
 import pytest
 
-from lance_concepts import demo_world as dw
-from lance_concepts.falcon import add_features_column, falcon
+from lance_concepts.demo import world as dw
+from lance_concepts.lake.features import add_features_column, falcon
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
 
-def _demo_available() -> bool:
-    try:
-        from lance_concepts.demo_model import demo_weights_path
-
-        return demo_weights_path().is_file()
-    except Exception:
-        return False
-
-
-pytestmark = pytest.mark.skipif(not _demo_available(), reason="the demo model's weights are not built yet")
 
 
 def _synonyms(word):
-    from lance_concepts import demo_model
+    from lance_concepts.models.demo_model import SYNONYMS
 
-    return {word, *getattr(demo_model, "SYNONYMS", {}).get(word, ())}
+    return {word, *SYNONYMS.get(word, ())}
 
 
 def _scenes(n, rng):
@@ -59,7 +49,7 @@ def _scenes(n, rng):
 @pytest.fixture(scope="module")
 def demo_db(tmp_path_factory):
     """Rendered scenes -> PNGs + manifest -> ingested with the demo model and vocabulary."""
-    from lance_concepts.ingest import ingest
+    from lance_concepts.lake.ingest import ingest
 
     root = tmp_path_factory.mktemp("falcon-demo")
     rng = np.random.default_rng(0)
@@ -88,9 +78,9 @@ def _table(db):
 
 
 def test_planted_representation_on_demo_images(demo_db):
-    from lance_concepts.encoder import load_encoder
-    from lance_concepts.store import ImageStore
-    from lance_concepts.vocabulary import load_vocabulary
+    from lance_concepts.models.encoder import load_encoder
+    from lance_concepts.lake.store import ImageStore
+    from lance_concepts.concepts.vocabulary import load_vocabulary
 
     db, _, truth = demo_db
     t = _table(db)
@@ -182,7 +172,7 @@ def _train_cnn(root, truth, steps=100, seed=0):
 def test_small_cnn_with_gradcam_crops_end_to_end(demo_db):
     from PIL import Image
 
-    from lance_concepts.falcon import GradCAM, largest_box
+    from lance_concepts.concepts.gradcam import GradCAM, largest_box
 
     db, root, truth = demo_db
     net, colour_acc = _train_cnn(root, truth)
@@ -216,8 +206,8 @@ def test_small_cnn_with_gradcam_crops_end_to_end(demo_db):
 
 def test_transfer_on_demo_images(demo_db):
     """Colour features of the demo images carried to a linear transform (plus noise) of them."""
-    from lance_concepts.falcon import transfer
-    from lance_concepts.store import ImageStore
+    from lance_concepts.lake.features import transfer
+    from lance_concepts.lake.store import ImageStore
 
     db, _, truth = demo_db
     ids = _table(db).column("id").to_pylist()

@@ -8,8 +8,7 @@ import torch.nn as nn
 from PIL import Image
 
 from lance_concepts.errors import InputError
-from lance_concepts.falcon import (GradCAM, crop_to_box, find_last_conv_block, gradcam_crop_embedder,
-                                   largest_box, load_target_model, model_features)
+from lance_concepts.concepts.gradcam import GradCAM, crop_to_box, find_last_conv_block, gradcam_crop_embedder, largest_box, load_target_model, model_features
 
 
 def _colour_detector():

@@ -17,9 +17,11 @@ import pytest
 from PIL import Image
 
 from lance_concepts.errors import InputError
-from lance_concepts.ingest import decompose_table, ingest, open_source
-from lance_concepts.store import ImageStore, read_metadata
-from lance_concepts.vocabulary import Vocabulary
+from lance_concepts.lake.decompose import decompose_table
+from lance_concepts.lake.ingest import ingest
+from lance_concepts.lake.sources import open_source
+from lance_concepts.lake.store import ImageStore, read_metadata
+from lance_concepts.concepts.vocabulary import Vocabulary
 
 from .test_ingest_fakes import COLOURS, WORDS, FakeEncoder
 
@@ -143,7 +145,7 @@ def test_manifest_csv_end_to_end(tmp_path, enc, vocab):
 
 def test_weights_match_reference_decomposer(tmp_path, enc, vocab):
     """The stored weights are SpliceDecomposer's on the stored embeddings with the recorded mean."""
-    from lance_concepts.splice import SpliceDecomposer
+    from lance_concepts.concepts.splice import SpliceDecomposer
 
     root, rows = make_dataset(tmp_path, n=12)
     db = tmp_path / "db.lancedb"
@@ -266,7 +268,7 @@ def test_refuses_other_model_and_vocabulary(tmp_path, enc, vocab):
 
 
 def test_decompose_table_new_version(tmp_path, enc, vocab):
-    from lance_concepts.splice import SpliceDecomposer
+    from lance_concepts.concepts.splice import SpliceDecomposer
 
     root, rows = make_dataset(tmp_path, n=15)
     db = tmp_path / "db.lancedb"
@@ -291,10 +293,11 @@ def test_decompose_table_new_version(tmp_path, enc, vocab):
         np.testing.assert_allclose(dense, w, atol=1e-6)
     assert np.mean([after[i]["l0"] for i in ids]) > np.mean([before[i]["l0"] for i in ids])  # smaller l1: denser
     # the report aggregates were rebuilt for the new weights: they describe the table as it now is
-    from lance_concepts import sql as S
+    from lance_concepts.query.crosstab import concept_crosstab
+    from lance_concepts.query.connection import connect
 
-    con = S.connect(str(db))
-    ct = S.concept_crosstab(con, "label")
+    con = connect(str(db))
+    ct = concept_crosstab(con, "label")
     assert ct.engine == "rollup"
     want = {lab: sum(1 for r in after.values() if r["label"] == lab and r["concept_ids"] is not None)
             for lab in ct.groups}
@@ -397,10 +400,12 @@ def test_concurrent_ingests_into_one_table(tmp_path, enc, vocab):
 def test_cli_ingest_and_decompose(tmp_path, enc, vocab, monkeypatch):
     from click.testing import CliRunner
 
-    import lance_concepts.ingest as ing
     from lance_concepts.cli import main
+    from lance_concepts.lake import decompose as decompose_module
+    from lance_concepts.lake import ingest as ingest_module
 
-    monkeypatch.setattr(ing, "_resolve_encoder", lambda *a, **k: enc)
+    monkeypatch.setattr(ingest_module, "resolve_encoder", lambda *a, **k: enc)
+    monkeypatch.setattr(decompose_module, "resolve_encoder", lambda *a, **k: enc)
     vfile = tmp_path / "v.txt"
     vfile.write_text("\n".join(WORDS) + "\n")
     root, rows = make_dataset(tmp_path, n=6)
@@ -441,7 +446,8 @@ def test_open_source_time_parsing(tmp_path):
 
 def test_demo_world_with_demo_model(tmp_path):
     """The path the `demo` command takes: a generated demo-world manifest, the demo model, offline."""
-    from lance_concepts import demo_model, demo_world
+    from lance_concepts.models import demo_model
+    from lance_concepts.demo import world as demo_world
 
     if not demo_model.demo_weights_path().is_file():
         pytest.skip("demo model weights not built yet")
@@ -491,13 +497,14 @@ def test_report_aggregates_after_ingest(tmp_path, enc, vocab, monkeypatch):
     or (auto) a large table barely changed: then the summary says so and the reports scan."""
     import lance
 
-    from lance_concepts import ingest as I
-    from lance_concepts import sql as S
+    from lance_concepts.lake import rollup as rollup_module
+    from lance_concepts.query.crosstab import concept_crosstab
+    from lance_concepts.query.connection import connect
 
     def engine(db):
-        con = S.connect(str(db))
+        con = connect(str(db))
         try:
-            return S.concept_crosstab(con, "label").engine
+            return concept_crosstab(con, "label").engine
         finally:
             con.close()
 
@@ -510,8 +517,8 @@ def test_report_aggregates_after_ingest(tmp_path, enc, vocab, monkeypatch):
     s = ingest(write_csv(root / "a.csv", rows[:20]), db, **kw)  # nothing new: the rollup is current, kept
     assert s.skipped == 20 and lance.dataset(str(db / "images_rollup.lance")).version == version
     # auto with a "large" table (thresholds lowered): 2 new rows of 22 are under the share
-    monkeypatch.setattr(I, "ROLLUP_AUTO_ROWS", 10)
-    monkeypatch.setattr(I, "ROLLUP_MIN_SHARE", 0.5)
+    monkeypatch.setattr(rollup_module, "ROLLUP_AUTO_ROWS", 10)
+    monkeypatch.setattr(rollup_module, "ROLLUP_MIN_SHARE", 0.5)
     s = ingest(write_csv(root / "b.csv", rows[:22]), db, **kw)
     assert s.ok == 2 and any("not rebuilt" in n and "lance-concepts rollup" in n for n in s.notes), s.notes
     assert engine(db) == "lance"  # stale: the reports scan, and count the new rows

@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import lance_concepts.ingest as ing
-from lance_concepts.ingest import ImageDecodeError, decode_image, ingest
-from lance_concepts.store import ImageStore
-from lance_concepts.vocabulary import Vocabulary
+from lance_concepts.lake import decode as decode_module
+from lance_concepts.lake.decode import ImageDecodeError, decode_image
+from lance_concepts.lake.ingest import ingest
+from lance_concepts.lake.store import ImageStore
+from lance_concepts.concepts.vocabulary import Vocabulary
 
 from .test_ingest import _check_consistent, make_dataset, write_csv
 from .test_ingest_fakes import WORDS, CrashingEncoder, FakeEncoder
@@ -297,7 +298,7 @@ def test_unreadable_permissions_simulated(tmp_path, enc, vocab, monkeypatch):
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(path, *a, **k)
 
-    monkeypatch.setattr(ing, "open", guarded_open, raising=False)
+    monkeypatch.setattr(decode_module, "open", guarded_open, raising=False)
     s = ingest(write_csv(root / "m.csv", rows), tmp_path / "db.lancedb", model=enc, vocab=vocab, workers=0,
                quiet=True)
     assert s.ok == 2 and s.errors == 1
@@ -356,8 +357,8 @@ def test_sigkill_mid_run_then_resume_exactly_once(tmp_path, vocab):
         import sys
         sys.path.insert(0, {str(REPO)!r})
         from tests.test_ingest_fakes import SlowFakeEncoder, WORDS
-        from lance_concepts.vocabulary import Vocabulary
-        from lance_concepts.ingest import ingest
+        from lance_concepts.concepts.vocabulary import Vocabulary
+        from lance_concepts.lake.ingest import ingest
         ingest({str(man)!r}, {str(db)!r}, model=SlowFakeEncoder(delay=0.08), vocab=Vocabulary(WORDS, name="colours"),
                batch_size=4, workers=1, quiet=True)
         print("FINISHED")

@@ -9,8 +9,21 @@ import re
 import numpy as np
 import pytest
 
-from lance_concepts import reports as R
-from lance_concepts import sql as S
+from lance_concepts.query import filter as filter_module
+from lance_concepts.query import labels as labels_module
+from lance_concepts.query import statistics as statistics_module
+
+from lance_concepts.query.statistics import _fisher_kernel, _fisher_tail, benjamini_hochberg, js_divergence, lift, npmi, proportion_test, wilson_interval
+from lance_concepts.query.labels import string_names_label, concept_matrix, label_name_concepts
+from lance_concepts.query.drift import drift
+from lance_concepts.query.filter import filter
+from lance_concepts.cli.output import format_output
+from lance_concepts.query.plots import plot_filter
+from lance_concepts.query.html import report
+from lance_concepts.query.spurious import spurious
+from lance_concepts.concepts.names import UnknownConceptError
+from lance_concepts.query.connection import concept_names, connect
+from lance_concepts.query.named import load_query
 from lance_concepts.errors import InputError
 
 from .test_sql_world import COLOURS, N_MONTHS, draw_world, red_share, write_world
@@ -28,12 +41,12 @@ def world_db(tmp_path_factory, world_rows):
 
 @pytest.fixture(scope="session")
 def drift_res(world_db):
-    return R.drift(world_db, "timestamp", "month", top=6, weight_intervals=True)
+    return drift(world_db, "timestamp", "month", top=6, weight_intervals=True)
 
 
 @pytest.fixture(scope="session")
 def spur_res(world_db):
-    return R.spurious(world_db, "label", "split")
+    return spurious(world_db, "label", "split")
 
 
 # ------------------------------------------------------------------------------------------ stats
@@ -41,10 +54,10 @@ def test_wilson_matches_scipy():
     from scipy import stats
 
     for k, n in [(0, 10), (3, 10), (10, 10), (57, 400), (1, 1)]:
-        lo, hi = R.wilson_interval(k, n)
+        lo, hi = wilson_interval(k, n)
         ci = stats.binomtest(k, n).proportion_ci(method="wilson")
         np.testing.assert_allclose([lo, hi], [ci.low, ci.high], atol=1e-12)
-    lo, hi = R.wilson_interval([1, 0], [0, 5])
+    lo, hi = wilson_interval([1, 0], [0, 5])
     assert np.isnan(lo[0]) and lo[1] == 0
 
 
@@ -52,21 +65,21 @@ def test_proportion_test_against_references():
     from scipy import stats
 
     # large counts: the pooled z-test
-    p = R.proportion_test(120, 1000, 80, 1000)
+    p = proportion_test(120, 1000, 80, 1000)
     pp = 200 / 2000
     z = (0.12 - 0.08) / np.sqrt(pp * (1 - pp) * (2 / 1000))
     np.testing.assert_allclose(p, 2 * stats.norm.sf(z), rtol=1e-10)
-    np.testing.assert_allclose(R.proportion_test(120, 1000, 80, 1000, "greater"), stats.norm.sf(z), rtol=1e-10)
+    np.testing.assert_allclose(proportion_test(120, 1000, 80, 1000, "greater"), stats.norm.sf(z), rtol=1e-10)
     # small counts: Fisher's exact test (one-sided exact; two-sided = doubled smaller tail)
     for x1, n1, x2, n2 in [(3, 10, 0, 12), (1, 20, 6, 15), (0, 5, 0, 7), (4, 4, 1, 30)]:
         table = [[x1, n1 - x1], [x2, n2 - x2]]
         g = stats.fisher_exact(table, alternative="greater").pvalue
         l_ = stats.fisher_exact(table, alternative="less").pvalue
-        np.testing.assert_allclose(R.proportion_test(x1, n1, x2, n2, "greater"), g, rtol=1e-9)
-        np.testing.assert_allclose(R.proportion_test(x1, n1, x2, n2, "less"), l_, rtol=1e-9)
-        np.testing.assert_allclose(R.proportion_test(x1, n1, x2, n2), min(1.0, 2 * min(g, l_)), rtol=1e-9)
+        np.testing.assert_allclose(proportion_test(x1, n1, x2, n2, "greater"), g, rtol=1e-9)
+        np.testing.assert_allclose(proportion_test(x1, n1, x2, n2, "less"), l_, rtol=1e-9)
+        np.testing.assert_allclose(proportion_test(x1, n1, x2, n2), min(1.0, 2 * min(g, l_)), rtol=1e-9)
     # vectorised, broadcast
-    out = R.proportion_test(np.array([1, 50]), 100, np.array([1, 10]), 100)
+    out = proportion_test(np.array([1, 50]), 100, np.array([1, 10]), 100)
     assert out.shape == (2,) and out[0] > 0.9 and out[1] < 1e-6
 
 
@@ -81,53 +94,53 @@ def test_screened_exact_tests_keep_every_q_value_below_alpha():
     boost = np.where(rng.random(m) < 0.1, rng.uniform(2, 12, m), 1.0)  # a tenth really over-represented
     x1 = rng.binomial(n1, np.minimum(base * boost, 1))
     x2 = rng.binomial(n2, base)
-    exact = R.proportion_test(x1, n1, x2, n2, "greater")
-    fast = R.proportion_test(x1, n1, x2, n2, "greater", screen=0.05)
+    exact = proportion_test(x1, n1, x2, n2, "greater")
+    fast = proportion_test(x1, n1, x2, n2, "greater", screen=0.05)
     low = exact <= 0.05
     assert 0.02 < low.mean() < 0.5  # both sides of the screen are exercised
     np.testing.assert_array_equal(fast[low], exact[low])
     assert (fast[~low] > 0.05).all() and (fast[~low] <= exact[~low] + 1e-12).all()
-    q_exact, q_fast = R.benjamini_hochberg(exact), R.benjamini_hochberg(fast)
+    q_exact, q_fast = benjamini_hochberg(exact), benjamini_hochberg(fast)
     sig = q_exact < 0.05
     assert sig.any()
     np.testing.assert_array_equal(q_fast < 0.05, sig)
     np.testing.assert_allclose(q_fast[sig], q_exact[sig], rtol=1e-12)
     # BH over the p-values <= alpha alone, told the family's size, gives the same q-values below alpha
     small = fast <= 0.05
-    q_sub = R.benjamini_hochberg(fast[small], n_tests=m)
+    q_sub = benjamini_hochberg(fast[small], n_tests=m)
     np.testing.assert_allclose(q_sub[q_sub < 0.05], q_exact[small][q_sub < 0.05], rtol=1e-12)
     np.testing.assert_array_equal(q_sub < 0.05, sig[small])
     with pytest.raises(ValueError):
-        R.benjamini_hochberg([0.1, 0.2], n_tests=1)
+        benjamini_hochberg([0.1, 0.2], n_tests=1)
 
 
 def test_benjamini_hochberg_matches_scipy():
     from scipy import stats
 
     p = np.random.default_rng(0).random(500) ** 3
-    np.testing.assert_allclose(R.benjamini_hochberg(p), stats.false_discovery_control(p, method="bh"))
-    assert R.benjamini_hochberg([]).size == 0
+    np.testing.assert_allclose(benjamini_hochberg(p), stats.false_discovery_control(p, method="bh"))
+    assert benjamini_hochberg([]).size == 0
 
 
 def test_lift_npmi_js():
     from scipy.spatial.distance import jensenshannon
 
     # 100 images, label 20, concept 30, together 15
-    assert R.lift(15, 20, 30, 100) == pytest.approx((15 / 20) / (30 / 100))
+    assert lift(15, 20, 30, 100) == pytest.approx((15 / 20) / (30 / 100))
     pj, pl, pc = 0.15, 0.2, 0.3
-    assert R.npmi(15, 20, 30, 100) == pytest.approx(np.log(pj / (pl * pc)) / -np.log(pj))
-    assert R.npmi(0, 20, 30, 100) == -1.0
-    assert R.npmi(100, 100, 100, 100) == 1.0
+    assert npmi(15, 20, 30, 100) == pytest.approx(np.log(pj / (pl * pc)) / -np.log(pj))
+    assert npmi(0, 20, 30, 100) == -1.0
+    assert npmi(100, 100, 100, 100) == 1.0
     a, b = np.array([1.0, 2, 0, 5]), np.array([0.5, 0, 3, 5])
-    assert R.js_divergence(a, b) == pytest.approx(jensenshannon(a, b, base=2) ** 2)
-    assert R.js_divergence(a, a) == pytest.approx(0)
+    assert js_divergence(a, b) == pytest.approx(jensenshannon(a, b, base=2) ** 2)
+    assert js_divergence(a, a) == pytest.approx(0)
 
 
 # --------------------------------------------------------------------------------------- filter
 def test_filter_precision_recall_red(world_db, world_rows):
     """Planted truth: red shapes carry 'red' in U(0.10, 0.40); other shapes at most a confusion weight
     below 0.08. T = 0.09 separates them; ids must match the truth (precision and recall >= 0.9)."""
-    out = R.filter(world_db, "red", 0.09, columns=["uri", "colour"])
+    out = filter(world_db, "red", 0.09, columns=["uri", "colour"])
     got = set(out.column("id").to_pylist())
     truth = {r["id"] for r in world_rows if r["colour"] == "red"}
     tp = len(got & truth)
@@ -138,36 +151,36 @@ def test_filter_precision_recall_red(world_db, world_rows):
 
 
 def test_filter_and_or_limit(world_db, world_rows):
-    both = R.filter(world_db, ["red", "grass"], [0.09, 0.09], columns=["label"])
+    both = filter(world_db, ["red", "grass"], [0.09, 0.09], columns=["label"])
     truth = {r["id"] for r in world_rows if r["colour"] == "red" and r["background"] == "grass"}
     assert set(both.column("id").to_pylist()) == truth
     weights = both.column("weights").to_pylist()
     assert all({k for k, _ in m} == {"red", "grass"} for m in weights)
-    anyof = R.filter(world_db, ["red", "grass"], 0.09, match="any", columns=[])
+    anyof = filter(world_db, ["red", "grass"], 0.09, match="any", columns=[])
     t_any = {r["id"] for r in world_rows if r["colour"] == "red" or r["background"] == "grass"}
     assert set(anyof.column("id").to_pylist()) == t_any
-    top = R.filter(world_db, "red", 0.0, limit=7)
+    top = filter(world_db, "red", 0.0, limit=7)
     assert top.num_rows == 7
     best = sorted(((r["weights"] or {}).get("red", 0) for r in world_rows), reverse=True)[:7]
     np.testing.assert_allclose(top.column("weight").to_numpy(), best, rtol=1e-6)
 
 
 def test_filter_bad_input(world_db):
-    with pytest.raises(S.UnknownConceptError, match="closest: 'grass'"):
-        R.filter(world_db, "gras")
-    with pytest.raises(InputError, match="one --min"):
-        R.filter(world_db, ["red", "grass", "sky"], [0.1, 0.2])
+    with pytest.raises(UnknownConceptError, match="closest in the vocabulary: 'grass'"):
+        filter(world_db, "gras")
+    with pytest.raises(InputError, match="one min_weight"):
+        filter(world_db, ["red", "grass", "sky"], [0.1, 0.2])
     with pytest.raises(InputError, match="did you mean"):
-        R.filter(world_db, "red", columns=["labl"])
+        filter(world_db, "red", columns=["labl"])
     with pytest.raises(InputError):
-        R.filter(world_db, [])
+        filter(world_db, [])
 
 
 def test_filter_large_result_uses_scan(world_db, world_rows, monkeypatch):
-    monkeypatch.setattr(R, "_LOOKUP_MAX", 3)
-    a = R.filter(world_db, "grass", 0.05, columns=["uri", "label"])
-    monkeypatch.setattr(R, "_LOOKUP_MAX", 10**9)
-    b = R.filter(world_db, "grass", 0.05, columns=["uri", "label"])
+    monkeypatch.setattr(filter_module, "LOOKUP_MAX", 3)
+    a = filter(world_db, "grass", 0.05, columns=["uri", "label"])
+    monkeypatch.setattr(filter_module, "LOOKUP_MAX", 10**9)
+    b = filter(world_db, "grass", 0.05, columns=["uri", "label"])
     assert a.to_pylist() == b.to_pylist() and a.num_rows > 3
 
 
@@ -210,7 +223,7 @@ def test_drift_alerts_false_discoveries_are_rare(tmp_path):
     unplanted = []
     for seed in range(6):
         db = write_world(tmp_path / f"s{seed}.lancedb", draw_world(1200, seed=seed))
-        res = R.drift(str(db), top=3)
+        res = drift(str(db), top=3)
         assert "red" in {a["concept"] for a in res.alerts}, (seed, res.summary())
         unplanted += sorted(_unplanted_alerts(res))
     assert len(unplanted) <= 1, unplanted
@@ -223,13 +236,13 @@ def test_drift_records_and_options(world_db, drift_res):
             "q_value", "alert", "js_divergence"} <= keys
     assert all(set(r) == keys for r in recs)
     assert recs[0]["window"] == "2024-01" and recs[0]["p_value"] is None  # reference window
-    res = R.drift(world_db, concepts=["grass", "sky"], every="quarter", reference="2024-Q2")
+    res = drift(world_db, concepts=["grass", "sky"], every="quarter", reference="2024-Q2")
     assert res.concepts == ["grass", "sky"] and res.reference == "2024-Q2" and len(res.windows) == 4
     with pytest.raises(InputError, match="reference window"):
-        R.drift(world_db, reference="1999-01")
+        drift(world_db, reference="1999-01")
     with pytest.raises(InputError, match="type"):
-        R.drift(world_db, time_column="label")
-    sub = R.drift(world_db, concepts=["red"], where="label = $l", params={"l": "circle"})
+        drift(world_db, time_column="label")
+    sub = drift(world_db, concepts=["red"], where="label = $l", params={"l": "circle"})
     assert sum(sub.n_images.values()) < 300
 
 
@@ -281,9 +294,9 @@ def test_split_shift_finds_planted_snow(spur_res):
 
 
 def test_spurious_sql_agrees(world_db, spur_res):
-    con = S.connect(world_db)
+    con = connect(world_db)
     try:
-        out = S.load_query("spurious_correlations").run(con, {"top": 3}).to_pylist()
+        out = load_query("spurious_correlations").run(con, {"top": 3}).to_pylist()
     finally:
         con.close()
     assert [r["concept"] for r in out if r["label"] == "circle"][0] == "grass"
@@ -293,9 +306,9 @@ def test_spurious_sql_agrees(world_db, spur_res):
 
 
 def test_drift_sql_agrees(world_db, drift_res):
-    con = S.connect(world_db)
+    con = connect(world_db)
     try:
-        out = S.load_query("drift_alerts").run(con, {}).to_pylist()
+        out = load_query("drift_alerts").run(con, {}).to_pylist()
     finally:
         con.close()
     assert {r["concept"] for r in out} == {a["concept"] for a in drift_res.alerts}
@@ -303,7 +316,7 @@ def test_drift_sql_agrees(world_db, drift_res):
 
 
 def test_label_name_rule():
-    f = R._string_names_label
+    f = string_names_label
     assert f("circle", "circle") and f("circles", "circle") and f("red circle", "circle")
     assert f("car", "sports car") and f("Sports-Cars", "sports car")
     assert not f("grass", "circle") and not f("desert", "camel") and not f("carpet", "car")
@@ -311,20 +324,20 @@ def test_label_name_rule():
 
 def test_label_match_embedding_rule(world_db, monkeypatch):
     """The embedding rule drops concepts whose centred text embedding is close to the label's."""
-    con = S.connect(world_db)
+    con = connect(world_db)
     try:
-        E, ids = R._concept_matrix(con)
-        names = S.concept_names(con)
+        E, ids = concept_matrix(con)
+        names = concept_names(con)
         target = E[names.id("lamp")]  # pretend the label 'circle' encodes exactly like 'lamp'
-        monkeypatch.setattr(R, "_label_embeddings", lambda c, labels: (np.stack([target] * len(labels)), "fake"))
-        ex, how = R.label_name_concepts(con, ["circle"], threshold=0.99)
+        monkeypatch.setattr(labels_module, "label_embeddings", lambda c, labels: (np.stack([target] * len(labels)), "fake"))
+        ex, how = label_name_concepts(con, ["circle"], threshold=0.99)
         assert names.id("lamp") in ex["circle"] and names.id("circle") in ex["circle"]
         assert "text-embedding match (fake;" in how and "cosine >= 0.99" in how
-        monkeypatch.setattr(R, "_label_embeddings", lambda c, labels: (None, "no model"))
-        ex, how = R.label_name_concepts(con, ["circle"])
+        monkeypatch.setattr(labels_module, "label_embeddings", lambda c, labels: (None, "no model"))
+        ex, how = label_name_concepts(con, ["circle"])
         assert names.id("lamp") not in ex["circle"] and "no text-embedding match (no model)" in how
         with pytest.raises(InputError):
-            R.label_name_concepts(con, ["circle"], method="embedding")
+            label_name_concepts(con, ["circle"], method="embedding")
     finally:
         con.close()
 
@@ -332,17 +345,17 @@ def test_label_match_embedding_rule(world_db, monkeypatch):
 # ------------------------------------------------------------------------------- output & plots
 def test_formats(drift_res, tmp_path):
     t = drift_res.table.slice(0, 3)
-    js = json.loads(R.format_output(t, "json"))
+    js = json.loads(format_output(t, "json"))
     assert isinstance(js, list) and js[0]["window"] == "2024-01"
-    csv_ = R.format_output(t, "csv").splitlines()
+    csv_ = format_output(t, "csv").splitlines()
     assert csv_[0].split(",")[:2] == ["window", "window_start"] and len(csv_) == 4
-    txt = R.format_output(t, "table")
+    txt = format_output(t, "table")
     assert "prevalence" in txt.splitlines()[0]
     with pytest.raises(InputError, match="parquet needs"):
-        R.format_output(t, "parquet")
-    R.format_output(t, "parquet", tmp_path / "x.parquet")
+        format_output(t, "parquet")
+    format_output(t, "parquet", tmp_path / "x.parquet")
     with pytest.raises(InputError):
-        R.format_output(t, "xml")
+        format_output(t, "xml")
 
 
 def _png_ok(path):
@@ -354,12 +367,12 @@ def test_plots(drift_res, spur_res, world_db, tmp_path):
     pytest.importorskip("matplotlib")
     _png_ok(drift_res.plot(tmp_path / "d.png"))
     _png_ok(spur_res.plot(tmp_path / "s.png"))
-    _png_ok(R.plot_filter(world_db, ["red", "grass"], 0.09, tmp_path / "f.png"))
+    _png_ok(plot_filter(world_db, ["red", "grass"], 0.09, tmp_path / "f.png"))
 
 
 def test_html_report_is_self_contained(world_db, tmp_path):
     pytest.importorskip("matplotlib")
-    out = R.report(world_db, tmp_path / "r.html", split_column="split", label_match="string")
+    out = report(world_db, tmp_path / "r.html", split_column="split", label_match="string")
     html = out.read_text()
     assert "<h2>Drift over time</h2>" in html and "<h2>Spurious correlations</h2>" in html
     imgs = re.findall(r"src='data:image/png;base64,([^']+)'", html)
@@ -367,7 +380,7 @@ def test_html_report_is_self_contained(world_db, tmp_path):
     assert base64.b64decode(imgs[0])[:4] == b"\x89PNG"
     assert not re.search(r"(src|href)=['\"]https?://", html)  # nothing fetched from elsewhere
     assert "red" in html and "grass" in html
-    out2 = R.report(world_db, tmp_path / "r2.html", time_column="nope", label_column="nope")
+    out2 = report(world_db, tmp_path / "r2.html", time_column="nope", label_column="nope")
     assert "section skipped" in out2.read_text()
 
 
@@ -404,7 +417,7 @@ def test_cli_commands(world_db, tmp_path):
 
 def test_fisher_kernel_matches_the_numpy_tails(monkeypatch):
     """The optional numba tails give the numpy path's numbers (exact tails, and the screened ones)."""
-    if R._fisher_kernel() is None:
+    if _fisher_kernel() is None:
         pytest.skip("numba not installed: the numpy path is the only one")
     rng = np.random.default_rng(11)
     m = 5000
@@ -414,11 +427,11 @@ def test_fisher_kernel_matches_the_numpy_tails(monkeypatch):
     mean = n * K / N
     x = np.clip(np.round(mean + rng.normal(0, 1, m) * np.sqrt(mean + 1) * 2), 0, None)
     up = rng.random(m) < 0.7
-    fast = R._fisher_tail(x, N, K, n, up)
-    fast_s = R._fisher_tail(x, N, K, n, up, screen=0.05)
-    monkeypatch.setattr(R, "_fisher_kernel", lambda: None)
-    slow = R._fisher_tail(x, N, K, n, up)
-    slow_s = R._fisher_tail(x, N, K, n, up, screen=0.05)
+    fast = _fisher_tail(x, N, K, n, up)
+    fast_s = _fisher_tail(x, N, K, n, up, screen=0.05)
+    monkeypatch.setattr(statistics_module, "_fisher_kernel", lambda: None)
+    slow = _fisher_tail(x, N, K, n, up)
+    slow_s = _fisher_tail(x, N, K, n, up, screen=0.05)
     np.testing.assert_allclose(fast, slow, rtol=5e-9, atol=1e-13)  # both within ~1e-9 of scipy
     low = slow <= 0.05
     assert 0.05 < low.mean() < 0.95

@@ -10,8 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lance_concepts import reports as R
-from lance_concepts import sql as S
+from lance_concepts.query.drift import drift
+from lance_concepts.query.filter import filter
+from lance_concepts.query.html import report
+from lance_concepts.query.spurious import spurious
+from lance_concepts.query import connection as S
 
 N_IMAGES = 480
 
@@ -19,9 +22,9 @@ N_IMAGES = 480
 @pytest.fixture(scope="session")
 def demo_db(tmp_path_factory):
     try:
-        from lance_concepts import demo_world
-        from lance_concepts.encoder import load_encoder
-        from lance_concepts.ingest import ingest
+        from lance_concepts.demo import world as demo_world
+        from lance_concepts.models.encoder import load_encoder
+        from lance_concepts.lake.ingest import ingest
 
         load_encoder("demo")
     except Exception as exc:  # demo model or ingest not available in this checkout
@@ -52,7 +55,7 @@ def _word_unused(truth, word, planted_rows):
 
 
 def _what_instead(con, column, value, k=4):
-    res = R.spurious(con, column, top=k, label_match="none")
+    res = spurious(con, column, top=k, label_match="none")
     return ", ".join(r["concept"] for r in res.table.to_pylist() if r["label"] == value)
 
 
@@ -62,14 +65,14 @@ def test_drift_red_tracks_planted_share(con, truth):
     if unused:
         pytest.fail(f"the demo model's decompositions give 'red' weight in {share:.0%} of red images; "
                      f"red images get: {_what_instead(con, 'colour', 'red')}")
-    res = R.drift(con, concepts=["red"])
+    res = drift(con, concepts=["red"])
     months = sorted({r["m"] for r in truth})
     planted = [np.mean([r["colour"] == "red" for r in truth if r["m"] == m]) for m in months]
     prev = [r["prevalence"] for r in res.table.to_pylist()]
     assert np.corrcoef(prev, planted)[0, 1] >= 0.95
-    flagged = {a["concept"] for a in R.drift(con).alerts}
+    flagged = {a["concept"] for a in drift(con).alerts}
     assert "red" in flagged
-    from lance_concepts.demo_world import BACKGROUNDS, SHAPES
+    from lance_concepts.demo.world import BACKGROUNDS, SHAPES
 
     assert not flagged & set(SHAPES + BACKGROUNDS)
 
@@ -79,9 +82,9 @@ def test_filter_red_precision_recall(con, truth):
     unused, share = _word_unused(truth, "red", red_rows)
     if unused:
         pytest.fail(f"'red' has weight in only {share:.0%} of red images (demo model)")
-    from lance_concepts.demo import FILTER_THRESHOLD as T  # 0: SpLiCE's sparsity decides presence
+    from lance_concepts.demo.job import FILTER_THRESHOLD as T
 
-    got = set(R.filter(con, "red", T, columns=[]).column("id").to_pylist())
+    got = set(filter(con, "red", T, columns=[]).column("id").to_pylist())
     want = {r["id"] for r in red_rows}
     assert len(got & want) / max(len(got), 1) >= 0.9 and len(got & want) / len(want) >= 0.9
 
@@ -89,7 +92,7 @@ def test_filter_red_precision_recall(con, truth):
 def test_spurious_grass_for_circle(con, truth):
     grass_rows = [r for r in truth if r["background"] == "grass"]
     unused, share = _word_unused(truth, "grass", grass_rows)
-    res = R.spurious(con, "label")
+    res = spurious(con, "label")
     circle = [r["concept"] for r in res.table.to_pylist() if r["label"] == "circle"]
     assert "circle" not in circle and not any("circle" in c.split() for c in circle)
     if unused:
@@ -101,15 +104,15 @@ def test_spurious_grass_for_circle(con, truth):
 def test_strongest_drift_alert_is_the_planted_colour(con, truth):
     """Word-independent: the concept the alert ranks first rises with the planted red share and marks red
     images."""
-    res = R.drift(con)
+    res = drift(con)
     assert res.alerts, res.summary()
     top = res.alerts[0]
     assert top["direction"] == "rising"
     months = sorted({r["m"] for r in truth})
     planted = [np.mean([r["colour"] == "red" for r in truth if r["m"] == m]) for m in months]
-    curve = R.drift(con, concepts=[top["concept"]]).table.column("prevalence").to_pylist()
+    curve = drift(con, concepts=[top["concept"]]).table.column("prevalence").to_pylist()
     assert np.corrcoef(curve, planted)[0, 1] >= 0.9
-    hits = set(R.filter(con, top["concept"], 0.0, columns=[]).column("id").to_pylist())
+    hits = set(filter(con, top["concept"], 0.0, columns=[]).column("id").to_pylist())
     colours = {r["id"]: r["colour"] for r in truth}
     assert np.mean([colours[i] == "red" for i in hits]) >= 0.9
 
@@ -118,26 +121,26 @@ def test_spurious_circle_concepts_mark_grass(con, truth):
     """Word-independent: among the circles, the images carrying the label's top over-represented
     background-like concept are mostly on grass, and the planted square/grass anti-correlation is not
     reported as over-representation."""
-    res = R.spurious(con, "label", top=5)
+    res = spurious(con, "label", top=5)
     rows = res.table.to_pylist()
     circle = [r for r in rows if r["label"] == "circle"]
     assert circle
     bg = {r["id"]: r["background"] for r in truth}
     grassy = []
     for r in circle:
-        ids = set(R.filter(con, r["concept"], 0.0, columns=[]).column("id").to_pylist())
+        ids = set(filter(con, r["concept"], 0.0, columns=[]).column("id").to_pylist())
         grassy.append(np.mean([bg[i] == "grass" for i in ids]))
     assert max(grassy) >= 0.8
-    html = R.report(con, str(S._state(con).db) + ".html", split_column="split")
+    html = report(con, str(S.connection_state(con).db) + ".html", split_column="split")
     assert html.stat().st_size > 50_000
 
 
 def test_ingest_leaves_aggregates_the_reports_read(con):
     """ingest ends by building the rollup: the reports read it, and it says what a scan says."""
-    fast, scan = R.drift(con), R.drift(con, engine="lance")
+    fast, scan = drift(con), drift(con, engine="lance")
     assert fast.params["engine"] == "rollup" and scan.params["engine"] == "lance"
     assert fast.alerts == scan.alerts and fast.table.column("n_present") == scan.table.column("n_present")
-    sp_fast, sp_scan = R.spurious(con, "label", "split", label_match="none"), \
-        R.spurious(con, "label", "split", label_match="none", engine="lance")
+    sp_fast, sp_scan = spurious(con, "label", "split", label_match="none"), \
+        spurious(con, "label", "split", label_match="none", engine="lance")
     assert sp_fast.params["engine"] == "rollup"
     assert sp_fast.table.column("concept") == sp_scan.table.column("concept")

@@ -9,10 +9,12 @@ import lance
 import numpy as np
 import pytest
 
-from lance_concepts import reports as R
-from lance_concepts import sql as S
+from lance_concepts.query.drift import drift
+from lance_concepts.query.spurious import spurious
+from lance_concepts.query.crosstab import concept_crosstab
+from lance_concepts.query.connection import connect
 from lance_concepts.errors import InputError
-from lance_concepts.rollup import data_fingerprint, rollup, rollup_table_name
+from lance_concepts.lake.rollup import data_fingerprint, rollup, rollup_table_name
 
 from .test_sql_world import draw_world, write_world
 
@@ -23,10 +25,10 @@ def world_db(tmp_path):
 
 
 def _scan_and_rollup(db, group, every=None, second_moment=True):
-    con = S.connect(db)
+    con = connect(db)
     try:
-        direct = S.concept_crosstab(con, group, every=every, engine="lance", second_moment=second_moment)
-        rolled = S.concept_crosstab(con, group, every=every, engine="rollup", second_moment=second_moment)
+        direct = concept_crosstab(con, group, every=every, engine="lance", second_moment=second_moment)
+        rolled = concept_crosstab(con, group, every=every, engine="rollup", second_moment=second_moment)
     finally:
         con.close()
     return direct, rolled
@@ -74,13 +76,13 @@ def test_reports_from_the_rollup_equal_reports_from_a_scan(tmp_path):
     a = str(write_world(tmp_path / "a.lancedb", rows))
     b = str(write_world(tmp_path / "b.lancedb", rows))
     rollup(b)
-    da, db_ = R.drift(a, "timestamp", "month", top=6, weight_intervals=True), \
-        R.drift(b, "timestamp", "month", top=6, weight_intervals=True)
+    da, db_ = drift(a, "timestamp", "month", top=6, weight_intervals=True), \
+        drift(b, "timestamp", "month", top=6, weight_intervals=True)
     assert da.params["engine"] == "lance" and db_.params["engine"] == "rollup"
     assert [x["concept"] for x in db_.alerts] == [x["concept"] for x in da.alerts] and "red" in {
         x["concept"] for x in db_.alerts}
     _same_records(da.records(), db_.records())
-    sa, sb = R.spurious(a, "label", "split", label_match="string"), R.spurious(b, "label", "split",
+    sa, sb = spurious(a, "label", "split", label_match="string"), spurious(b, "label", "split",
                                                                                 label_match="string")
     assert sb.params["engine"] == "rollup" and sb.split_table.num_rows > 0
     _same_records(sa.records(), sb.records())
@@ -91,8 +93,8 @@ def test_reports_from_the_rollup_equal_reports_from_a_scan(tmp_path):
 
 def test_a_changed_table_is_scanned_until_the_next_rollup(world_db):
     rollup(world_db)
-    con = S.connect(world_db)
-    before = S.concept_crosstab(con, "label")
+    con = connect(world_db)
+    before = concept_crosstab(con, "label")
     con.close()
     assert before.engine == "rollup"
     # an index build and a metadata update do not change the data: the rollup stays valid
@@ -101,8 +103,8 @@ def test_a_changed_table_is_scanned_until_the_next_rollup(world_db):
     ds.create_scalar_index("id", "BTREE")
     ds.update_schema_metadata({"note": "x"})
     assert data_fingerprint(lance.dataset(f"{world_db}/images.lance")) == fp
-    con = S.connect(world_db)
-    assert S.concept_crosstab(con, "label").engine == "rollup"
+    con = connect(world_db)
+    assert concept_crosstab(con, "label").engine == "rollup"
     con.close()
     # new rows: the rollup no longer describes the table; results come from a scan and include them
     extra = draw_world(40, seed=9, n_errors=0)
@@ -110,15 +112,15 @@ def test_a_changed_table_is_scanned_until_the_next_rollup(world_db):
         r["id"] = "new" + r["id"]
     tmp = write_world(f"{world_db}-extra", extra)
     lance.write_dataset(lance.dataset(f"{tmp}/images.lance").to_table(), f"{world_db}/images.lance", mode="append")
-    con = S.connect(world_db)
-    after = S.concept_crosstab(con, "label")
+    con = connect(world_db)
+    after = concept_crosstab(con, "label")
     with pytest.raises(InputError, match="rollup"):
-        S.concept_crosstab(con, "label", engine="rollup")
+        concept_crosstab(con, "label", engine="rollup")
     con.close()
     assert after.engine == "lance" and after.n.sum() == before.n.sum() + 40
     rollup(world_db)
-    con = S.connect(world_db)
-    again = S.concept_crosstab(con, "label")
+    con = connect(world_db)
+    again = concept_crosstab(con, "label")
     con.close()
     assert again.engine == "rollup"
     _assert_same(after, again)
@@ -126,11 +128,11 @@ def test_a_changed_table_is_scanned_until_the_next_rollup(world_db):
 
 def test_thresholds_and_conditions_are_scanned(world_db):
     rollup(world_db)
-    con = S.connect(world_db)
+    con = connect(world_db)
     try:
-        assert S.concept_crosstab(con, "label", min_weight=0.05).engine == "lance"
-        assert S.concept_crosstab(con, "label", where="split = $s", params={"s": "train"}).engine == "duckdb"
-        assert S.concept_crosstab(con, "label").engine == "rollup"
+        assert concept_crosstab(con, "label", min_weight=0.05).engine == "lance"
+        assert concept_crosstab(con, "label", where="split = $s", params={"s": "train"}).engine == "duckdb"
+        assert concept_crosstab(con, "label").engine == "rollup"
     finally:
         con.close()
 
@@ -145,12 +147,12 @@ def test_columns_and_group_limits(tmp_path):
     # 300 distinct days > 200: weeks, and months (weeks straddle months, so they cannot make months)
     assert {"timestamp@week", "timestamp@month"} <= set(s.dimensions) and "timestamp@day" not in s.dimensions
     assert "uri" not in s.dimensions and "id" not in s.dimensions
-    con = S.connect(db)
+    con = connect(db)
     try:
-        assert S.concept_crosstab(con, "timestamp", every="day").engine == "lance"
+        assert concept_crosstab(con, "timestamp", every="day").engine == "lance"
         for every in ("week", "month", "quarter", "year"):
-            direct = S.concept_crosstab(con, "timestamp", every=every, engine="lance")
-            rolled = S.concept_crosstab(con, "timestamp", every=every)
+            direct = concept_crosstab(con, "timestamp", every=every, engine="lance")
+            rolled = concept_crosstab(con, "timestamp", every=every)
             assert rolled.engine == "rollup"
             _assert_same(direct, rolled)
     finally:
@@ -167,7 +169,7 @@ def test_columns_and_group_limits(tmp_path):
 
 def test_rollup_table_is_queryable_in_sql(world_db):
     rollup(world_db)
-    con = S.connect(world_db)
+    con = connect(world_db)
     try:
         name = rollup_table_name("images")
         got = dict(con.execute(f"SELECT key, n FROM {name} WHERE dimension = 'label' AND concept_id IS NULL").fetchall())

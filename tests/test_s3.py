@@ -11,9 +11,10 @@ pytest.importorskip("boto3")
 
 from click.testing import CliRunner  # noqa: E402
 
-from lance_concepts.demo_world import generate_dataset  # noqa: E402
-from lance_concepts.ingest import decompose_table, ingest  # noqa: E402
-from lance_concepts.store import read_metadata  # noqa: E402
+from lance_concepts.demo.world import generate_dataset
+from lance_concepts.lake.decompose import decompose_table
+from lance_concepts.lake.ingest import ingest
+from lance_concepts.lake.store import read_metadata
 
 N = 24
 KEYS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "aws_region": "us-east-1",
@@ -48,7 +49,7 @@ def world(tmp_path_factory):
 
 def test_local_engine_on_s3_and_queries_with_options(s3, world, tmp_path):
     import lance_concepts as lc
-    from lance_concepts.sql import sql
+    from lance_concepts.query.named import sql
 
     db = "s3://lake/local.lancedb"
     s = ingest(world, db, model="demo", vocab="demo", batch_size=8, workers=0, quiet=True, storage_options=s3)
@@ -93,7 +94,7 @@ def test_cli_with_environment_credentials(s3, world, monkeypatch):
 
 def test_ray_engine_on_s3(s3, world, tmp_path, ray_session):
     from lance_concepts.cli import main
-    from lance_concepts.sql import sql
+    from lance_concepts.query.named import sql
 
     db = "s3://lake/ray.lancedb"
     args = ["ingest", str(world), "--db", db, "--model", "demo", "--vocab", "demo", "--quiet",

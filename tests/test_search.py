@@ -14,17 +14,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from lance_concepts.retrieval import searcher as searcher_module
+
 from lance_concepts.errors import InputError
-from lance_concepts.search import (
-    WhereError,
-    compile_where,
-    concept_resolver,
-    index,
-    index_params,
-    parse_where,
-    search,
-    to_records,
-)
+from lance_concepts.retrieval.where import WhereError, compile_where, concept_resolver, parse_where
+from lance_concepts.retrieval.index import index, index_params
+from lance_concepts.retrieval.searcher import search
+from lance_concepts.records import to_records
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
@@ -50,7 +46,7 @@ def make_db(path, n=300, seed=0, rare=("dog", 3)):
     """A database in the project's layout (store.py schemas) with random vectors and concepts."""
     import lancedb
 
-    from lance_concepts.store import concepts_schema, images_schema
+    from lance_concepts.lake.store import concepts_schema, images_schema
 
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(n, D)).astype(np.float32)
@@ -122,35 +118,36 @@ def _lit(v, like):
 
 def ref_eval(node, row):
     """Three-valued (None = unknown) evaluation of the parsed condition on one row dict."""
-    from lance_concepts import search as S
+    from lance_concepts.retrieval.where import Between, BoolOp, Compare, Concept, InList, IsNull, Like, Not, Truthy
+    from lance_concepts.retrieval.searcher import search
 
-    if isinstance(node, S.BoolOp):
+    if isinstance(node, BoolOp):
         vals = [ref_eval(p, row) for p in node.parts]
         if node.op == "AND":
             return False if any(v is False for v in vals) else (None if any(v is None for v in vals) else True)
         return True if any(v is True for v in vals) else (None if any(v is None for v in vals) else False)
-    if isinstance(node, S.Not):
+    if isinstance(node, Not):
         v = ref_eval(node.part, row)
         return None if v is None else not v
-    if isinstance(node, S.Truthy):
-        if isinstance(node.operand, S.Concept):
+    if isinstance(node, Truthy):
+        if isinstance(node.operand, Concept):
             w = _weight(row, node.operand.name)
             return None if w is None else bool(w > 0)
         return row[node.operand.name]
-    if isinstance(node, S.Compare):
-        if isinstance(node.left, S.Concept):
+    if isinstance(node, Compare):
+        if isinstance(node.left, Concept):
             w = _weight(row, node.left.name)
             return _cmp(w, node.op, np.float32(node.right.value)) if w is not None else None
         a = row[node.left.name]
         return _cmp(a, node.op, _lit(node.right.value, a))
-    if isinstance(node, S.InList):
+    if isinstance(node, InList):
         a = row[node.operand.name]
         if a is None:
             return None
         r = a in [v.value for v in node.values]
         return (not r) if node.negated else r
-    if isinstance(node, S.Between):
-        if isinstance(node.operand, S.Concept):
+    if isinstance(node, Between):
+        if isinstance(node.operand, Concept):
             a = _weight(row, node.operand.name)
             lo, hi = np.float32(node.low.value), np.float32(node.high.value)
         else:
@@ -160,7 +157,7 @@ def ref_eval(node, row):
             return None
         r = bool(lo <= a <= hi)
         return (not r) if node.negated else r
-    if isinstance(node, S.Like):
+    if isinstance(node, Like):
         import re
 
         a = row[node.operand.name]
@@ -169,7 +166,7 @@ def ref_eval(node, row):
         pattern = "".join(".*" if ch == "%" else "." if ch == "_" else re.escape(ch) for ch in node.pattern)
         r = re.fullmatch(pattern, a, re.S) is not None
         return (not r) if node.negated else r
-    if isinstance(node, S.IsNull):
+    if isinstance(node, IsNull):
         r = row[node.operand.name] is None
         return (not r) if node.negated else r
     raise AssertionError(node)
@@ -411,7 +408,7 @@ def test_lancedb_registration_is_recorded_only_when_writers_cope(db):
     """'auto' records the embedding function only when the project's writers can live with it."""
     import lancedb
 
-    from lance_concepts.search import lancedb_registration_ready
+    from lance_concepts.retrieval.registration import lancedb_registration_ready
 
     path, _ = db
     ready, why = lancedb_registration_ready()
@@ -444,7 +441,7 @@ def test_ann_prefilter_probes_until_every_match_is_found(big_db):
     """The ANN path alone (no exact shortcut): a 3-row filter on an IVF_PQ index returns all 3 rows."""
     import lancedb
 
-    from lance_concepts.search import Searcher, _vector_query, query_params
+    from lance_concepts.retrieval.searcher import Searcher, _vector_query, query_params
 
     path, truth = big_db
     s = Searcher(path)
@@ -470,16 +467,17 @@ def test_ann_prefilter_probes_until_every_match_is_found(big_db):
     (1024, 1000, None, "ann"),
 ])
 def test_every_query_plan_returns_k_rows_that_pass(big_db, monkeypatch, exact_max, overfetch, cond, plan):
-    from lance_concepts import search as S
+    from lance_concepts.retrieval.where import Between, BoolOp, Compare, Concept, InList, IsNull, Like, Not, Truthy
+    from lance_concepts.retrieval.searcher import search
 
     path, truth = big_db
-    monkeypatch.setattr(S, "EXACT_MAX_ROWS", exact_max)
-    monkeypatch.setattr(S, "MAX_OVERFETCH", overfetch)
+    monkeypatch.setattr(searcher_module, "EXACT_MAX_ROWS", exact_max)
+    monkeypatch.setattr(searcher_module, "MAX_OVERFETCH", overfetch)
     mask = _mask(truth, cond) if cond else np.array([r["embedding"] is not None for r in truth["table"].to_pylist()])
     rng = np.random.default_rng(11)
     for _ in range(3):
         q = rng.normal(size=D).astype(np.float32)
-        res = S.search(path, vector=q, where=cond, k=10)
+        res = search(path, vector=q, where=cond, k=10)
         assert json.loads(res.schema.metadata[b"query"])["plan"].startswith(plan)
         assert res.num_rows == min(10, int(mask.sum()))
         assert all(mask[int(i[3:])] for i in res["id"].to_pylist())

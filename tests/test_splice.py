@@ -8,16 +8,7 @@ import pytest
 import scipy.sparse as sp
 
 from lance_concepts.errors import InputError
-from lance_concepts.splice import (
-    SpliceConvergenceWarning,
-    SpliceDecomposer,
-    center_embeddings,
-    decompose,
-    estimate_image_mean,
-    kkt_violation,
-    lasso_objective,
-    prepare_dictionary,
-)
+from lance_concepts.concepts.splice import SpliceConvergenceWarning, SpliceDecomposer, center_embeddings, decompose, estimate_image_mean, kkt_violation, lasso_objective, prepare_dictionary
 
 from .splice_problems import clip_like_images, coherent_dictionary, image_mean, planted_images, random_dictionary
 
@@ -96,15 +87,15 @@ def test_coherent_dictionary_matches_sklearn(lam):
 def demo_problem():
     """Real text embeddings of the demo vocabulary and image embeddings of rendered demo scenes."""
     try:
-        from lance_concepts.demo_world import render
-        from lance_concepts.encoder import load_encoder
-        from lance_concepts.vocabulary import load_vocabulary
+        from lance_concepts.demo.world import render
+        from lance_concepts.models.encoder import load_encoder
+        from lance_concepts.concepts.vocabulary import load_vocabulary
 
         enc = load_encoder("demo")
         text = load_vocabulary("demo").embed(enc)
     except Exception as exc:  # noqa: BLE001 - any failure here means the demo model is not there yet
         pytest.skip(f"demo model / vocabulary embeddings not available: {type(exc).__name__}: {exc}")
-    from lance_concepts.demo_world import BACKGROUNDS, COLOURS, SHAPES
+    from lance_concepts.demo.world import BACKGROUNDS, COLOURS, SHAPES
 
     rng = np.random.default_rng(0)
     images = [render(SHAPES[i % len(SHAPES)], COLOURS[(3 * i) % len(COLOURS)], BACKGROUNDS[(5 * i) % len(BACKGROUNDS)],

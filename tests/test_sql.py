@@ -7,7 +7,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from lance_concepts import sql as S
+from lance_concepts.lake import aggregates
+
+from lance_concepts.concepts.names import UnknownConceptError
+from lance_concepts.lake.aggregates import _numba_kernel
+from lance_concepts.query.connection import check_column, connect, quote_ident, resolve_concepts, run_query
+from lance_concepts.query.crosstab import concept_crosstab
+from lance_concepts.query.named import list_queries, load_query, sql
 from lance_concepts.errors import InputError
 
 from .test_sql_world import COLOURS, ODD_NAMES, VOCAB, draw_world, write_world
@@ -25,7 +31,7 @@ def world_db(tmp_path_factory, world_rows):
 
 @pytest.fixture()
 def con(world_db):
-    c = S.connect(world_db)
+    c = connect(world_db)
     yield c
     c.close()
 
@@ -95,45 +101,45 @@ def test_names_with_quotes_unicode_spaces(con, world_rows, name):
     truth = _truth_weight(world_rows, name)
     n = con.execute("SELECT count(*) FROM concept_images($c, 0.0)", {"c": name}).fetchone()[0]
     assert n == sum(v > 0 for v in truth.values()) and n > 0
-    assert S.resolve_concepts(con, [name]) == [VOCAB.index(name)]
+    assert resolve_concepts(con, [name]) == [VOCAB.index(name)]
 
 
 def test_lenient_name_lookup(con):
-    assert S.resolve_concepts(con, ["  SEA   view "]) == [VOCAB.index("sea view")]
-    assert S.resolve_concepts(con, ["CAFÉ CRÈME"]) == [VOCAB.index("café crème")]
+    assert resolve_concepts(con, ["  SEA   view "]) == [VOCAB.index("sea view")]
+    assert resolve_concepts(con, ["CAFÉ CRÈME"]) == [VOCAB.index("café crème")]
 
 
 def test_unknown_concept_lists_closest_names(con):
-    with pytest.raises(S.UnknownConceptError) as e:
-        S.run_query(con, "SELECT count(*) FROM concept_images('gras', 0.1)")
+    with pytest.raises(UnknownConceptError) as e:
+        run_query(con, "SELECT count(*) FROM concept_images('gras', 0.1)")
     assert "'grass'" in str(e.value) and "unknown concept 'gras'" in str(e.value)
-    with pytest.raises(S.UnknownConceptError, match="closest: 'circle'"):
-        S.run_query(con, "SELECT count(*) FROM images WHERE concept_weight(images, $c) > 0", {"c": "cirle"})
+    with pytest.raises(UnknownConceptError, match="closest in the vocabulary: 'circle'"):
+        run_query(con, "SELECT count(*) FROM images WHERE concept_weight(images, $c) > 0", {"c": "cirle"})
 
 
 def test_user_values_are_bound_not_interpolated(con):
     evil = "x'); DROP TABLE concepts; --"
-    with pytest.raises(S.UnknownConceptError):
-        S.run_query(con, "SELECT count(*) FROM concept_images($c, 0.1)", {"c": evil})
+    with pytest.raises(UnknownConceptError):
+        run_query(con, "SELECT count(*) FROM concept_images($c, 0.1)", {"c": evil})
     assert con.execute("SELECT count(*) FROM concepts").fetchone()[0] == len(VOCAB)
-    with pytest.raises(S.UnknownConceptError):
-        S.load_query("concept_filter").run(con, {"concept": evil})
+    with pytest.raises(UnknownConceptError):
+        load_query("concept_filter").run(con, {"concept": evil})
 
 
 def test_quote_ident_and_check_column(con):
-    assert S.quote_ident('we"ird') == '"we""ird"'
+    assert quote_ident('we"ird') == '"we""ird"'
     with pytest.raises(InputError, match="did you mean 'timestamp'"):
-        S.check_column(con, "timestamps")
+        check_column(con, "timestamps")
 
 
 def test_named_queries_parse_and_run(con):
-    names = S.list_queries()
+    names = list_queries()
     assert set(names) >= {"concept_filter", "concept_prevalence", "concept_drift", "drift_alerts",
                           "spurious_correlations", "split_shift", "concept_cooccurrence"}
     for name in names:
         if name == "feature_labels":  # needs FALCON's tables: tested in test_falcon_db.py
             continue
-        q = S.load_query(name)
+        q = load_query(name)
         assert q.doc and "$" in q.text
         assert "{{" not in q.text or q.idents  # identifiers are declared
         needed = {p.name: "red" for p in q.params.values() if p.required and p.type.upper().startswith("VARCHAR")}
@@ -142,20 +148,20 @@ def test_named_queries_parse_and_run(con):
 
 
 def test_concept_filter_query(con, world_rows):
-    out = S.load_query("concept_filter").run(con, {"concept": "red", "min_weight": "0.2", "limit": "5"})
+    out = load_query("concept_filter").run(con, {"concept": "red", "min_weight": "0.2", "limit": "5"})
     truth = _truth_weight(world_rows, "red")
     best = sorted(truth.values(), reverse=True)[:5]
     np.testing.assert_allclose(out.column("weight").to_numpy(), best, rtol=1e-6)
     with pytest.raises(InputError, match="has no parameter"):
-        S.load_query("concept_filter").run(con, {"concept": "red", "bogus": 1})
-    with pytest.raises(InputError, match="needs --param concept"):
-        S.load_query("concept_filter").run(con, {})
+        load_query("concept_filter").run(con, {"concept": "red", "bogus": 1})
+    with pytest.raises(InputError, match="needs the parameter .concept."):
+        load_query("concept_filter").run(con, {})
     with pytest.raises(InputError, match="must be DOUBLE"):
-        S.load_query("concept_filter").run(con, {"concept": "red", "min_weight": "abc"})
+        load_query("concept_filter").run(con, {"concept": "red", "min_weight": "abc"})
 
 
 def test_concept_drift_query_matches_truth(con, world_rows):
-    out = S.load_query("concept_drift").run(con, {"concepts": "red,grass", "every": "month"})
+    out = load_query("concept_drift").run(con, {"concepts": "red,grass", "every": "month"})
     got = {(r["window_start"].month, r["concept"]): r for r in out.to_pylist()}
     ok = [r for r in world_rows if r["weights"] is not None]
     for m in range(1, 13):
@@ -166,8 +172,8 @@ def test_concept_drift_query_matches_truth(con, world_rows):
 
 
 def test_crosstab_engines_agree_with_numpy(con, world_rows):
-    a = S.concept_crosstab(con, "timestamp", every="month", engine="lance", second_moment=True, min_weight=0.05)
-    b = S.concept_crosstab(con, "timestamp", every="month", engine="duckdb", second_moment=True, min_weight=0.05)
+    a = concept_crosstab(con, "timestamp", every="month", engine="lance", second_moment=True, min_weight=0.05)
+    b = concept_crosstab(con, "timestamp", every="month", engine="duckdb", second_moment=True, min_weight=0.05)
     assert a.engine == "lance" and b.engine == "duckdb"
     assert a.groups == b.groups and len(a.groups) == 12
     np.testing.assert_array_equal(a.n, b.n)
@@ -183,19 +189,19 @@ def test_crosstab_engines_agree_with_numpy(con, world_rows):
         np.testing.assert_allclose(a.weight_sum[g, red], sum(np.float32(r["weights"].get("red", 0)) for r in rows),
                                    rtol=1e-5)
     # two group columns, and an extra SQL condition
-    c = S.concept_crosstab(con, ["label", "split"], where="colour = $c", params={"c": "blue"})
+    c = concept_crosstab(con, ["label", "split"], where="colour = $c", params={"c": "blue"})
     assert all(isinstance(g, tuple) and len(g) == 2 for g in c.groups)
     assert c.n.sum() == sum(r["colour"] == "blue" for r in ok)
 
 
 def test_crosstab_numba_kernel_and_numpy_agree(con, monkeypatch):
     """The optional numba kernel (the `fast` extra) and the numpy bincount path give the same table."""
-    if S._numba_kernel() is None:
+    if _numba_kernel() is None:
         pytest.skip("numba not installed: the numpy path is the only one")
     kw = dict(every="month", engine="lance", second_moment=True, min_weight=0.05, batch_rows=97)
-    fast = S.concept_crosstab(con, "timestamp", **kw)
-    monkeypatch.setattr(S, "_numba_kernel", lambda: None)
-    slow = S.concept_crosstab(con, "timestamp", **kw)
+    fast = concept_crosstab(con, "timestamp", **kw)
+    monkeypatch.setattr(aggregates, "_numba_kernel", lambda: None)
+    slow = concept_crosstab(con, "timestamp", **kw)
     assert fast.groups == slow.groups
     np.testing.assert_array_equal(fast.n, slow.n)
     np.testing.assert_array_equal(fast.present, slow.present)
@@ -204,7 +210,7 @@ def test_crosstab_numba_kernel_and_numpy_agree(con, monkeypatch):
 
 
 def test_crosstab_matches_duckdb_unnest(con):
-    ct = S.concept_crosstab(con, "label")
+    ct = concept_crosstab(con, "label")
     ref = con.execute("SELECT label, cid, count(*) FROM (SELECT label, unnest(concept_ids) AS cid FROM images) "
                       "GROUP BY ALL").fetchall()
     gi = {g: i for i, g in enumerate(ct.groups)}
@@ -215,24 +221,24 @@ def test_crosstab_matches_duckdb_unnest(con):
 
 def test_windows(con):
     for every, n in (("quarter", 4), ("year", 1), ("week", None), ("day", None)):
-        a = S.concept_crosstab(con, "timestamp", every=every, engine="lance")
-        b = S.concept_crosstab(con, "timestamp", every=every, engine="duckdb")
+        a = concept_crosstab(con, "timestamp", every=every, engine="lance")
+        b = concept_crosstab(con, "timestamp", every=every, engine="duckdb")
         assert a.groups == b.groups
         np.testing.assert_array_equal(a.present, b.present)
         if n:
             assert len(a.groups) == n
     with pytest.raises(InputError, match="every"):
-        S.concept_crosstab(con, "timestamp", every="fortnight")
+        concept_crosstab(con, "timestamp", every="fortnight")
 
 
 def test_materialize_gives_the_same_answers(world_db):
-    a = S.connect(world_db)
-    b = S.connect(world_db, materialize=True)
+    a = connect(world_db)
+    b = connect(world_db, materialize=True)
     try:
         q = "SELECT label, count(*) AS n, sum(concept_weight(images, 'grass')) AS g FROM images GROUP BY label ORDER BY label"
         assert a.execute(q).fetchall() == b.execute(q).fetchall()
         assert "embedding" not in [r[0] for r in b.execute("DESCRIBE images").fetchall()]
-        ca, cb = S.concept_crosstab(a, "label"), S.concept_crosstab(b, "label")
+        ca, cb = concept_crosstab(a, "label"), concept_crosstab(b, "label")
         assert cb.engine == "duckdb"
         np.testing.assert_array_equal(ca.present, cb.present)
     finally:
@@ -242,7 +248,7 @@ def test_materialize_gives_the_same_answers(world_db):
 
 def test_without_postings_table(tmp_path, world_rows):
     db = write_world(tmp_path / "np.lancedb", world_rows, postings=False)
-    c = S.connect(str(db))
+    c = connect(str(db))
     try:
         n = c.execute("SELECT count(*) FROM concept_images('grass', 0.1)").fetchone()[0]
         assert n == sum((r["weights"] or {}).get("grass", 0) > 0.1 for r in world_rows)
@@ -253,30 +259,30 @@ def test_without_postings_table(tmp_path, world_rows):
 
 def test_other_image_table_name(tmp_path, world_rows):
     db = write_world(tmp_path / "other.lancedb", world_rows[:100], table="photos")
-    c = S.connect(str(db), table="photos")
+    c = connect(str(db), table="photos")
     try:
         assert c.execute("SELECT count(*) FROM images").fetchone()[0] == 100
         assert c.execute("SELECT count(*) FROM photos").fetchone()[0] == 100
     finally:
         c.close()
     with pytest.raises(InputError, match="no table 'images'"):
-        S.connect(str(db))
+        connect(str(db))
 
 
 def test_missing_database(tmp_path):
     with pytest.raises(InputError, match="no LanceDB database"):
-        S.connect(str(tmp_path / "nope.lancedb"))
+        connect(str(tmp_path / "nope.lancedb"))
 
 
 def test_sql_function(world_db):
-    t = S.sql(world_db, "SELECT count(*) AS n FROM images WHERE status = 'error'")
+    t = sql(world_db, "SELECT count(*) AS n FROM images WHERE status = 'error'")
     assert t.column("n")[0].as_py() == 7
-    t = S.sql(world_db, file="concept_prevalence", params={"limit": "3"})
+    t = sql(world_db, file="concept_prevalence", params={"limit": "3"})
     assert t.num_rows == 3 and t.column_names[0] == "concept"
     with pytest.raises(InputError, match="either"):
-        S.sql(world_db)
+        sql(world_db)
     with pytest.raises(InputError, match="query failed"):
-        S.sql(world_db, "SELECT nope FROM images")
+        sql(world_db, "SELECT nope FROM images")
 
 
 def test_sql_stat_macros_match_scipy(con):
@@ -301,7 +307,7 @@ def test_cli_sql(world_db, tmp_path):
     recs = json.loads(r.output)
     assert len(recs) == 2 and set(recs[0]) == {"id", "w"}
     r = CliRunner().invoke(main, ["sql", "--db", world_db, "--file", "concept_filter", "--param", "concept=gras"])
-    assert r.exit_code == 2 and "closest: 'grass'" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 2 and "closest in the vocabulary: 'grass'" in r.output and "Traceback" not in r.output
     out = tmp_path / "x.parquet"
     r = CliRunner().invoke(main, ["sql", "--db", world_db, "--file", "concept_drift", "--param", "concepts=red",
                                   "--format", "parquet", "--output", str(out)])

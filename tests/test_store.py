@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from lance_concepts import store as st
+from lance_concepts.lake import store as st
 from lance_concepts.errors import InputError
 
 D = 8

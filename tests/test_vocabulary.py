@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from lance_concepts.errors import VocabularyError
-from lance_concepts.vocabulary import Vocabulary, load_vocabulary
+from lance_concepts.concepts.vocabulary import Vocabulary, load_vocabulary
 
 
 def test_text_file_with_comments_blank_lines_and_duplicates(tmp_path):
@@ -36,7 +36,7 @@ def test_unknown_spec_and_unknown_concept():
     with pytest.raises(VocabularyError, match="not a file, a built-in"):
         load_vocabulary("no-such-vocabulary")
     vocab = Vocabulary(["desert", "dessert", "forest"])
-    with pytest.raises(VocabularyError, match="closest matches: desert"):
+    with pytest.raises(VocabularyError, match="closest in the vocabulary: .desert."):
         vocab.index("desertt")
 
 
@@ -91,7 +91,7 @@ def test_splice_lists_are_downloaded_once_and_cached(monkeypatch, tmp_path):
     import io
     import urllib.request
 
-    from lance_concepts import vocabulary as V
+    from lance_concepts.concepts import vocabulary as V
 
     monkeypatch.setenv("LANCE_CONCEPTS_CACHE", str(tmp_path))
     monkeypatch.setitem(V.REMOTE_VOCABULARIES, "splice-laion-10k", (V._SPLICE_BASE + "laion.txt", 3))
@@ -117,5 +117,5 @@ def test_offline_download_is_a_clear_error(monkeypatch, tmp_path):
         raise OSError("Name or service not known")
 
     monkeypatch.setattr(urllib.request, "urlopen", offline)
-    with pytest.raises(VocabularyError, match="could not download.*--vocab /path/to/laion_bigrams.txt"):
+    with pytest.raises(VocabularyError, match="could not download.*vocab='/path/to/laion_bigrams.txt'"):
         load_vocabulary("splice-laion-bigrams")

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from lance_concepts import vocabulary_build as vb
+from tools import build_vocabulary as vb
 
-VOCAB_FILE = Path(vb.__file__).parent / "data" / "default_vocab.txt"
+VOCAB_FILE = Path(vb.__file__).resolve().parents[1] / "lance_concepts" / "data" / "default_vocab.txt"
 
 # An independent list of function words (not the build's own list), to check the build's filter.
 FUNCTION_WORDS = set("""
@@ -56,7 +56,7 @@ def concepts(raw_lines) -> list[str]:
 def test_header_gives_attribution_and_licences(raw_lines):
     header = "\n".join(ln for ln in raw_lines if ln.startswith("#"))
     for needle in ("wordfreq", "CC BY-SA 4.0", "WordNet", "Princeton University", "symspellpy", "MIT",
-                   "python -m lance_concepts.vocabulary_build"):
+                   "python -m tools.build_vocabulary"):
         assert needle in header, needle
     # the header comes first: no comment line after the first concept
     first = next(i for i, ln in enumerate(raw_lines) if not ln.startswith("#"))

@@ -1,0 +1,71 @@
+"""Options shared by several commands, and the one place that turns a result table into table / csv / json / parquet output.
+"""
+from __future__ import annotations
+
+
+import click
+
+
+
+# --- commands (keep each one thin: parse options, call the Python API, print) ---
+
+MODEL_OPTION = click.option("--model", default="ViT-B-32", show_default=True,
+                            help="open_clip architecture, or 'demo' for the offline demo model.")
+PRETRAINED_OPTION = click.option("--pretrained", default="laion2b_s34b_b79k", show_default=True,
+                                 help="open_clip pretrained tag or a local weights file (.bin/.pt/.safetensors).")
+
+
+def parse_storage_options(pairs):
+    from ..errors import InputError
+
+    out = {}
+    for p in pairs:
+        if "=" not in p:
+            raise InputError(f"--storage-option takes KEY=VALUE, got {p!r}")
+        k, v = p.split("=", 1)
+        out[k.strip()] = v
+    return out or None
+
+
+STORAGE_OPTION = click.option(
+    "--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
+    help="Object-store option passed to Lance/LanceDB (repeatable), e.g. aws_region=eu-west-1, "
+         "aws_endpoint=http://127.0.0.1:9000, allow_http=true; credentials also come from AWS_* variables.")
+ENGINE_OPTION = click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                              help="local: this machine; ray: Ray Data actors + lance-ray writes (scale-out).")
+RAY_ADDRESS_OPTION = click.option("--ray-address", default=None,
+                                   help="With --engine ray: the cluster ('auto', 'ray://head:10001'); "
+                                        "default: a local Ray instance.")
+RAY_ACTORS_OPTION = click.option("--ray-actors", type=int, default=None,
+                                  help="With --engine ray: model actors (default: one per GPU, else per CPU).")
+
+
+# --- SQL over the concept tables (lance_concepts.query) ---
+
+FORMAT_OPTION = click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]),
+                              default="table", show_default=True,
+                              help="json: an array of records with snake_case keys; parquet needs --output.")
+OUTPUT_OPTION = click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
+                              help="Write the result to this file instead of standard output.")
+DB_OPTION = click.option("--db", required=True, help="LanceDB directory or URI.")
+TABLE_OPTION = click.option("--table", default="images", show_default=True, help="Images table.")
+
+
+def emit(table, fmt, output, summary=None):
+    from .output import format_output
+
+    text = format_output(table, fmt, output)
+    if text is not None:
+        click.echo(text)
+    if summary and fmt == "table":
+        click.echo("")
+        click.echo(summary)
+    elif output is not None:
+        click.echo(f"wrote {table.num_rows} rows to {output}", err=True)
+
+
+def split_names(values):
+    out = []
+    for v in values or ():
+        out += [s for s in (x.strip() for x in v.split(",")) if s] if "," in v and not v.startswith("=") else [v]
+    return out

@@ -1,0 +1,1 @@
+"""The procedurally drawn demo world and the ``lance-concepts demo`` job built on it."""
