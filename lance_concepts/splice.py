@@ -544,6 +544,14 @@ class SpliceDecomposer:
             self.image_mean_ = m.astype(np.float32)
         return self
 
+    def set_l1_penalty(self, l1_penalty: float) -> "SpliceDecomposer":
+        """Change the penalty of a fitted decomposer without rebuilding its dictionary (l1 searches)."""
+        _check_real("l1_penalty", l1_penalty, low=0.0)
+        self.l1_penalty = l1_penalty
+        if hasattr(self, "dictionary_"):
+            self.kkt_threshold_ = max(float(self.kkt_tol) * float(l1_penalty), KKT_FLOOR)
+        return self
+
     def _ensure_fitted(self, embeddings=None):
         if not hasattr(self, "dictionary_"):
             self.fit(embeddings)
@@ -708,7 +716,7 @@ class SpliceDecomposer:
             ns = (S_idx != dummy).sum(1)
             nn = takeN.sum(1)
             rank = np.argsort(ns + nn, kind="stable")
-            chunks = np.array_split(rank, max(1, min(4, na // 128)))
+            chunks = np.array_split(rank, _n_chunks(na, int((ns + nn).max(initial=0))))
             parts = []
             for rows in chunks:
                 if not len(rows):
@@ -929,6 +937,15 @@ class SpliceDecomposer:
         return lasso_objective(self.dictionary_, V, self._weights(weights), float(self.l1_penalty))
 
 
+CHUNK_BYTES = 256 << 20  # working memory of one chunk of small problems (several (n, K, K) float64 arrays)
+
+
+def _n_chunks(na: int, width: int) -> int:
+    """Chunks of similar-size small problems: a few for the padding, more when they are large."""
+    per_image = 4 * 8 * max(1, width) ** 2  # G (float32 + float64 copy) and the pivoting's blocks
+    return max(1, min(4, na // 128), -(-na * per_image // CHUNK_BYTES))
+
+
 def _pad_cols(a: np.ndarray, width: int, fill) -> np.ndarray:
     if a.shape[1] >= width:
         return a
@@ -968,3 +985,52 @@ def decompose(embeddings, dictionary, image_mean=None, l1_penalty: float = 0.25,
     X = _to_numpy(embeddings, "embeddings", ndim=(1, 2))
     dec.fit(X if (image_mean is None or (isinstance(image_mean, str) and image_mean == "estimate")) and len(X) else None)
     return dec.decompose(X)
+
+
+def l1_for_target_l0(embeddings, dictionary, target: int, image_mean=None, *, sample: int = 256,
+                     rel_tol: float = 0.02, max_evals: int = 20, seed: int = 0, **kwargs) -> float:
+    """The ``l1_penalty`` whose decompositions have a median of ``target`` non-zero concepts.
+
+    Why: the SpLiCE paper reports results at fixed sparsity, and the l1 that gives a sparsity
+    depends on the model, the vocabulary and the images. The median l0 of a random ``sample`` of
+    the embeddings is a non-increasing step function of l1 (in practice), so a bisection on
+    ``log(l1)`` between 0 and ``lam_max`` (above which every weight is zero) finds it; it stops
+    when the median equals ``target`` or the bracket is narrower than ``rel_tol`` (then the end
+    whose median is closer to ``target`` is returned). ``kwargs`` go to :class:`SpliceDecomposer`."""
+    _check_int("target", target, low=1)
+    X = _to_numpy(embeddings, "embeddings", ndim=(1, 2)).reshape(-1, _to_numpy(dictionary, "dictionary").shape[1])
+    if len(X) > sample:
+        X = X[np.sort(np.random.default_rng(seed).choice(len(X), sample, replace=False))]
+    dec = SpliceDecomposer(dictionary, image_mean, 1.0, **kwargs).fit(X if image_mean is None else None)
+    if target > dec.dim_:
+        raise InputError(f"target l0 {target} exceeds the embedding dimension {dec.dim_}: a Lasso solution "
+                         "has at most that many non-zeros")
+    V = dec.transform_input(X)
+    lam_max = 2.0 * float(np.max(V.astype(np.float64) @ dec.dictionary_.T.astype(np.float64)))
+
+    def median_l0(lam: float) -> float:
+        dec.set_l1_penalty(lam)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SpliceConvergenceWarning)
+            return float(np.median(dec.decompose(X).getnnz(1)))
+
+    # walk down from lam_max (cheap, sparse solves first) until the median reaches the target
+    hi, l0_hi = lam_max, 0.0
+    lo = lam_max / 4.0
+    l0_lo = median_l0(lo)
+    while l0_lo < target and lo > lam_max * 1e-6:
+        hi, l0_hi = lo, l0_lo
+        lo /= 4.0
+        l0_lo = median_l0(lo)
+    for _ in range(max_evals):
+        if hi / lo <= 1.0 + rel_tol:
+            break
+        mid = math.sqrt(lo * hi)
+        m = median_l0(mid)
+        if m == target:
+            return mid
+        if m > target:
+            lo, l0_lo = mid, m
+        else:
+            hi, l0_hi = mid, m
+    return lo if abs(l0_lo - target) <= abs(l0_hi - target) else hi
