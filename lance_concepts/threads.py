@@ -70,10 +70,13 @@ def _env_int(name: str) -> int | None:
 
 
 def blas_threads() -> int | None:
-    """Threads numpy's BLAS uses now (the largest over the loaded BLAS libraries), None if unknown."""
+    """Threads numpy's own BLAS uses now (other BLAS copies other packages load are not counted,
+    some cannot be limited), None if unknown."""
     from threadpoolctl import threadpool_info
 
-    counts = [p["num_threads"] for p in threadpool_info() if p.get("user_api") == "blas"]
+    blas = [p for p in threadpool_info() if p.get("user_api") == "blas"]
+    mine = [p["num_threads"] for p in blas if "numpy" in str(p.get("filepath", ""))]
+    counts = mine or [p["num_threads"] for p in blas]
     return max(counts) if counts else None
 
 
