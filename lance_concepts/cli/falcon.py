@@ -2,12 +2,10 @@
 """
 from __future__ import annotations
 
-
 import click
 
-from .options import STORAGE_OPTION
 from .group import main
-from .options import parse_storage_options
+from .options import STORAGE_OPTION, parse_storage_options
 
 
 # --- falcon (feature labels) ---

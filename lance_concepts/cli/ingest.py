@@ -6,16 +6,18 @@ import sys
 
 import click
 
-from .options import DB_OPTION
-from .options import ENGINE_OPTION
-from .options import MODEL_OPTION
-from .options import PRETRAINED_OPTION
-from .options import RAY_ACTORS_OPTION
-from .options import RAY_ADDRESS_OPTION
-from .options import STORAGE_OPTION
-from .options import TABLE_OPTION
 from .group import main
-from .options import parse_storage_options
+from .options import (
+    DB_OPTION,
+    ENGINE_OPTION,
+    MODEL_OPTION,
+    PRETRAINED_OPTION,
+    RAY_ACTORS_OPTION,
+    RAY_ADDRESS_OPTION,
+    STORAGE_OPTION,
+    TABLE_OPTION,
+    parse_storage_options,
+)
 
 
 # --- ingest / decompose ---

@@ -2,10 +2,7 @@
 """
 from __future__ import annotations
 
-
 import click
-
-
 
 # --- commands (keep each one thin: parse options, call the Python API, print) ---
 

@@ -2,18 +2,19 @@
 """
 from __future__ import annotations
 
-
 import click
 
-from .options import DB_OPTION
-from .options import FORMAT_OPTION
-from .options import OUTPUT_OPTION
-from .options import STORAGE_OPTION
-from .options import TABLE_OPTION
-from .options import emit
 from .group import main
-from .options import parse_storage_options
-from .options import split_names
+from .options import (
+    DB_OPTION,
+    FORMAT_OPTION,
+    OUTPUT_OPTION,
+    STORAGE_OPTION,
+    TABLE_OPTION,
+    emit,
+    parse_storage_options,
+    split_names,
+)
 
 
 @main.command("sql")

@@ -2,12 +2,10 @@
 """
 from __future__ import annotations
 
-
 import click
 
-from .options import MODEL_OPTION
-from .options import PRETRAINED_OPTION
 from .group import main
+from .options import MODEL_OPTION, PRETRAINED_OPTION
 
 
 @main.group()

@@ -65,6 +65,7 @@ import numpy as np
 from scipy import sparse
 
 from ..errors import InputError
+from ..threads import hot_path
 
 _WORD = re.compile(r"[^\W\d_]+(?:['-][^\W\d_]+)*", re.UNICODE)
 
@@ -492,6 +493,7 @@ class FalconExplainer:
         return words, phrases, spurious
 
     # -- fit -------------------------------------------------------------------------------------
+    @hot_path()
     def fit(self, activations, image_embeddings=None, concept_embeddings=None, concepts=None, *,
             concept_scores=None, captions=None, caption_embeddings=None,
             crop_embedder: Callable[[tuple, np.ndarray], np.ndarray] | None = None) -> "FalconExplainer":
@@ -676,6 +678,7 @@ class FalconExplainer:
                 return g
         return None
 
+    @hot_path()
     def transform(self, activations) -> sparse.csr_matrix:
         """Boolean (n, n_groups) matrix: image i activates group g when all of g's features are highly
         active in it (the learned threshold applied to new rows). Exact groups are a subset."""
@@ -776,6 +779,7 @@ class FalconTransfer:
         self.min_weight = min_weight
         self.interpretable_only = interpretable_only
 
+    @hot_path()
     def fit(self, source_activations, target_activations, source_groups) -> "FalconTransfer":
         """``source_groups``: a fitted :class:`FalconExplainer` or its ``records()`` (dicts with
         ``features``, ``concepts``, ``concept_scores``, ``bigrams``, ``bigram_scores``, ``interpretable``)."""

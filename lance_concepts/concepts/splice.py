@@ -72,13 +72,14 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import scipy.sparse as sp
 
 from ..errors import InputError
 from ..models.encoder import resolve_device
+from ..threads import hot_path
 
 __all__ = [
     "SpliceDecomposer",
@@ -90,12 +91,25 @@ __all__ = [
     "prepare_dictionary",
     "center_embeddings",
     "SpliceConvergenceWarning",
+    "SpliceMeanWarning",
+    "MIN_MEAN_ROWS",
+    "l1_for_target_l0",
 ]
 
 
 def concept_mean(dictionary) -> np.ndarray:
     """Mean of the L2-normalised concept embeddings: the "text" centre of concept arithmetic."""
     return _unit_rows(_to_numpy(dictionary, "dictionary"), "dictionary").mean(0).astype(np.float32)
+
+
+# solver constants (see the module docstring and the methods that use them for the reasons)
+POLISH_FRACTION = 0.3  # exact polish once a round brings at most this share of new candidates
+PROX_RIDGE = 1e-3  # proximal ridge for over-complete working sets (the Gram's diagonal is 1)
+PROX_STEPS = 8  # proximal steps before the exact pivoting solve on their support
+PROX_STOP = 1e-9
+KKT_FLOOR = 2e-7  # float32 dictionary products cannot certify below this (gradient units)
+BOOST_AT = 10.0  # grow faster when the worst violation exceeds this many l1 penalties
+BOOST_MAX = 4.0
 
 
 class SpliceConvergenceWarning(UserWarning):
@@ -157,11 +171,34 @@ def prepare_dictionary(dictionary) -> np.ndarray:
     return (Dc / norms).astype(np.float32)
 
 
+MIN_MEAN_ROWS = 100
+"""Fewest embeddings an image mean should be estimated from (see :func:`estimate_image_mean`)."""
+
+
+class SpliceMeanWarning(UserWarning):
+    """The image mean was estimated from fewer than :data:`MIN_MEAN_ROWS` embeddings."""
+
+
 def estimate_image_mean(embeddings) -> np.ndarray:
-    """Mean of the L2-normalised embeddings (d,), float32; like the authors' MSCOCO means, not renormalised."""
-    Z = _unit_rows(_to_numpy(embeddings, "embeddings"), "embeddings")
-    if Z.shape[0] == 0:
-        raise InputError("cannot estimate an image mean from zero embeddings")
+    """Mean of the L2-normalised embeddings (d,), float32; like the authors' MSCOCO means, not renormalised.
+
+    Refused below 2 rows: centring one embedding by itself leaves rounding noise, which would be
+    normalised and decomposed as if it were signal. Below :data:`MIN_MEAN_ROWS` (100) a
+    :class:`SpliceMeanWarning` is emitted: the estimate is off by about ``1/sqrt(n)`` of a centred
+    embedding's norm (10% at 100 rows), and each image is partly centred by itself."""
+    X = _to_numpy(embeddings, "embeddings", ndim=(1, 2))
+    Z = _unit_rows(X.reshape(-1, X.shape[-1]) if X.ndim == 1 else X, "embeddings")
+    n = Z.shape[0]
+    if n < 2:
+        raise InputError(
+            f"cannot estimate an image mean from {n} embedding{'s' if n != 1 else ''}: centring an image by "
+            f"its own embedding leaves only rounding noise. Pass image_mean (a reference mean, e.g. the authors' "
+            f"*_image_mean.npy) or fit on at least {MIN_MEAN_ROWS} embeddings")
+    if n < MIN_MEAN_ROWS:
+        warnings.warn(
+            f"image mean estimated from only {n} embeddings (fewer than {MIN_MEAN_ROWS}): it is off by about "
+            f"{1 / math.sqrt(n):.0%} of a centred embedding and the decompositions depend on this batch. "
+            "Pass image_mean or fit on more embeddings", SpliceMeanWarning, stacklevel=2)
     return Z.mean(0).astype(np.float32)
 
 
@@ -185,6 +222,22 @@ def center_embeddings(embeddings, image_mean) -> np.ndarray:
         raise InputError(f"embeddings have dimension {X.shape[1]} but image_mean has {m.shape[0]}")
     Z = _unit_rows(X, "embeddings")
     return _unit_rows(Z - m, "centred embeddings").astype(np.float32)
+
+
+def _check_real(name: str, value, *, low: float, inclusive: bool = False) -> None:
+    """A real number above ``low``; bools are refused (``True`` is not a penalty of 1.0)."""
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    if ok:
+        ok = math.isfinite(value) and (value >= low if inclusive else value > low)
+    if not ok:
+        bound = f">= {low:g}" if inclusive else ("positive" if low == 0 else f"> {low:g}")
+        raise InputError(f"{name} must be a finite number {bound}, got {value!r}")
+
+
+def _check_int(name: str, value, *, low: int) -> None:
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and value >= low
+    if not ok:
+        raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,7 +384,32 @@ def _bpp(G: np.ndarray, q: np.ndarray, F: np.ndarray, valid: np.ndarray, eps: fl
     return x, converged
 
 
+def _prox_bpp(G, q, x0, valid, eps, max_iter, mu: float = PROX_RIDGE, steps: int = PROX_STEPS):
+    """Exact solve of ``min 0.5 x'Gx - q'x, x >= 0`` for a positive SEMI-definite ``G``.
+
+    Why: once a working set has more variables than dimensions its Gram is singular (and float32
+    round-off makes it slightly indefinite), and block principal pivoting loses its termination
+    guarantee. Proximal-point steps ``x+ = argmin 0.5 x'(G + mu I)x - (q + mu x)'x`` are positive
+    definite problems, solved exactly by pivoting; their fixed point is a solution of the original
+    problem and each step lowers its objective. They shrink the support to at most ``d`` independent
+    variables (a Lasso solution has one), after which one plain pivoting solve on the proximal
+    support gives the exact solution (accepted only if it terminates). Returns (x, converged)."""
+    K = q.shape[1]
+    Gm = G + mu * np.eye(K)[None]
+    x, ok = x0.copy(), np.zeros(len(q), bool)
+    for _ in range(steps):
+        xn, ok = _bpp(Gm, q + mu * x, x > 0, valid, eps, max_iter)
+        xn = np.where(ok[:, None], xn, x)
+        moved = np.abs(xn - x).max(1) if K else np.zeros(len(q))
+        x = xn
+        if moved.max(initial=0.0) < PROX_STOP:
+            break
+    xb, exact = _bpp(G, q, x > 0, valid, eps, max_iter)
+    return np.where(exact[:, None], xb, x), ok | exact
+
+
 # --------------------------------------------------------------------------------------------
+# the decomposer# --------------------------------------------------------------------------------------------
 # the decomposer
 # --------------------------------------------------------------------------------------------
 
@@ -353,9 +431,12 @@ class SpliceDecomposer:
         ``lam`` of ``||D^T w - v||^2 + lam ||w||_1`` (authors' default 0.25; paper lambda = lam/2;
         sklearn ``alpha = lam / (2 d)``). Larger means sparser.
     kkt_tol : float
-        Stopping rule: an image's solution is accepted when its largest KKT violation on the full
-        dictionary (gradient units, see :func:`kkt_violation`) is at most ``kkt_tol``. float32
-        products put a floor of ~1e-6 under it.
+        Stopping rule, RELATIVE to ``l1_penalty``: an image's solution is accepted when its largest
+        KKT violation on the full dictionary (gradient units, see :func:`kkt_violation`) is at most
+        ``kkt_threshold_ = max(kkt_tol * l1_penalty, KKT_FLOOR)``. Relative because an absolute
+        tolerance that is loose at l1 = 0.25 is 10% of the penalty at l1 = 1e-3. The default 4e-4
+        is the former absolute 1e-4 at the authors' l1 = 0.25. ``KKT_FLOOR`` (2e-7) is what the
+        float32 dictionary products can certify.
     max_rounds : int
         Working-set rounds (one dictionary GEMM each) before giving up on an image; the unfinished
         ones keep their best feasible solution and a :class:`SpliceConvergenceWarning` is emitted.
@@ -379,7 +460,7 @@ class SpliceDecomposer:
         image_mean=None,
         l1_penalty: float = 0.25,
         *,
-        kkt_tol: float = 1e-4,
+        kkt_tol: float = 4e-4,
         max_rounds: int = 50,
         working_set: int = 32,
         grow: float = 2.0,
@@ -409,13 +490,12 @@ class SpliceDecomposer:
 
     # ---------------------------------------------------------------- fitting
     def _check_params(self):
-        lam = self.l1_penalty
-        if not (isinstance(lam, (int, float, np.floating)) and math.isfinite(lam) and lam > 0):
-            raise InputError(f"l1_penalty must be a positive number, got {lam!r}")
-        if not (self.kkt_tol > 0):
-            raise InputError(f"kkt_tol must be positive, got {self.kkt_tol!r}")
-        if int(self.batch_size) < 1 or int(self.max_rounds) < 1 or int(self.working_set) < 1:
-            raise InputError("batch_size, max_rounds and working_set must be >= 1")
+        _check_real("l1_penalty", self.l1_penalty, low=0.0)
+        _check_real("kkt_tol", self.kkt_tol, low=0.0)
+        _check_real("grow", self.grow, low=1.0, inclusive=True)
+        for name in ("batch_size", "max_rounds", "working_set", "min_add", "max_pivots"):
+            _check_int(name, getattr(self, name), low=1)
+        _check_int("cd_sweeps", self.cd_sweeps, low=0)
 
     def fit(self, embeddings=None) -> "SpliceDecomposer":
         """Build the dictionary (``dictionary_``, ``concept_mean_``) and fix ``image_mean_``."""
@@ -439,6 +519,7 @@ class SpliceDecomposer:
         keep = np.sort(first)  # positions in `nonzero`, first occurrences, in dictionary order
         self._solver_to_concept = nonzero[keep]
         self.n_duplicates_ = int(len(nonzero) - len(keep))
+        self.kkt_threshold_ = max(float(self.kkt_tol) * float(self.l1_penalty), KKT_FLOOR)
         self.device_ = resolve_device(self.device)
         # + zero padding rows (at least one: the padding concept of the solver's ragged arrays), up to a
         # multiple of 16 rows, which keeps the dictionary GEMM on MKL's fast path
@@ -458,6 +539,14 @@ class SpliceDecomposer:
             if m.shape[0] != self.dim_:
                 raise InputError(f"image_mean has dimension {m.shape[0]} but the dictionary has {self.dim_}")
             self.image_mean_ = m.astype(np.float32)
+        return self
+
+    def set_l1_penalty(self, l1_penalty: float) -> "SpliceDecomposer":
+        """Change the penalty of a fitted decomposer without rebuilding its dictionary (l1 searches)."""
+        _check_real("l1_penalty", l1_penalty, low=0.0)
+        self.l1_penalty = l1_penalty
+        if hasattr(self, "dictionary_"):
+            self.kkt_threshold_ = max(float(self.kkt_tol) * float(l1_penalty), KKT_FLOOR)
         return self
 
     def _ensure_fitted(self, embeddings=None):
@@ -488,8 +577,13 @@ class SpliceDecomposer:
         return self._prepare(embeddings)
 
     # ---------------------------------------------------------------- decomposition
+    @hot_path()
     def decompose(self, embeddings) -> sp.csr_matrix:
-        """Sparse non-negative concept weights (n, c) float32 CSR for raw image embeddings (n, d)."""
+        """Sparse non-negative concept weights (n, c) float32 CSR for raw image embeddings (n, d).
+
+        Runs under the thread policy of :mod:`lance_concepts.threads` (numpy's BLAS on one thread
+        while torch's pool runs the dictionary GEMMs): the batched small solves otherwise fight
+        torch's threads for the cores."""
         V = self._prepare(embeddings)
         n = V.shape[0]
         t0 = time.perf_counter()
@@ -511,11 +605,12 @@ class SpliceDecomposer:
         out = sp.csr_matrix((data, indices, indptr), shape=(n, self.n_concepts_), dtype=np.float32)
         out.sort_indices()
         stats["seconds"] = time.perf_counter() - t0
-        stats["unconverged"] = int((stats["kkt"] > self.kkt_tol).sum())
+        stats["unconverged"] = int((stats["kkt"] > self.kkt_threshold_).sum())
         self.last_stats_ = stats
         if stats["unconverged"]:
             warnings.warn(
-                f"{stats['unconverged']} of {n} images did not reach kkt_tol={self.kkt_tol:g} within "
+                f"{stats['unconverged']} of {n} images did not reach the KKT threshold {self.kkt_threshold_:.3g} "
+                f"(kkt_tol={self.kkt_tol:g} x l1_penalty) within "
                 f"max_rounds={self.max_rounds} (largest violation {stats['kkt'].max():.3g}); "
                 "their weights are feasible but not optimal",
                 SpliceConvergenceWarning,
@@ -535,7 +630,8 @@ class SpliceDecomposer:
         n, d = V.shape
         lam = float(self.l1_penalty)
         half = lam / 2.0
-        eps_inner = float(self.kkt_tol) / 2.0 * 0.1
+        tol = self.kkt_threshold_
+        eps_inner = tol / 2.0 * 0.1
         cu = dummy = self._cu
         Dfull = self._Du  # (cu + 1, d): the last row is the zero padding concept
         dev = Dfull.device
@@ -554,6 +650,7 @@ class SpliceDecomposer:
         S_G = np.zeros((n, 0, 0), np.float32)
         buf = torch.empty((n, Dfull.shape[0]), dtype=torch.float32, device=dev)
         for r in range(int(self.max_rounds) + 1):
+            self._round = r
             na = len(act)
             # ---- residual correlations of the running images with every concept: one GEMM
             Rt = Vt if r == 0 else Vt[torch.from_numpy(act).to(dev)]
@@ -578,13 +675,13 @@ class SpliceDecomposer:
             if r == 0:
                 m = np.full(na, int(self.working_set))
             else:
-                m = np.maximum(int(self.min_add), np.ceil((self.grow - 1.0) * ns).astype(int))
+                m = self._candidates(ns, kkt[act])
             k = int(min(m.max(), cu))
             vN, N = torch.topk(corr, k, dim=1, sorted=True)
             vN, N = vN.cpu().numpy().astype(np.float64) - half, N.cpu().numpy()
             worst = 2.0 * np.maximum(np.maximum(vN[:, 0], 0.0), on_sup)
             kkt[act] = worst
-            done = worst <= self.kkt_tol
+            done = worst <= tol
             last = r == int(self.max_rounds)
             if done.any() or last:
                 fin = np.ones_like(done) if last else done
@@ -616,7 +713,7 @@ class SpliceDecomposer:
             ns = (S_idx != dummy).sum(1)
             nn = takeN.sum(1)
             rank = np.argsort(ns + nn, kind="stable")
-            chunks = np.array_split(rank, max(1, min(4, na // 128)))
+            chunks = np.array_split(rank, _n_chunks(na, int((ns + nn).max(initial=0))))
             parts = []
             for rows in chunks:
                 if not len(rows):
@@ -652,7 +749,7 @@ class SpliceDecomposer:
         Wv = W != dummy
         K = W.shape[1]
         # G = D_W D_W^T: the support block is known, only D_N D_W^T is computed
-        G = np.empty((na, K, K), np.float32)  # the products are float32 anyway
+        G = np.empty((na, K, K), np.float32)
         G[:, :s, :s] = S_G
         B = self._cross_gram(W, s)
         G[:, s:, :] = B
@@ -671,8 +768,7 @@ class SpliceDecomposer:
         x0 = np.zeros((na, K))
         x0[:, :s] = S_w
         x = _cd_sweeps(G, q, x0, int(self.cd_sweeps))
-        xb, ok = _bpp(G.astype(np.float64), q, x > 0, Wv, eps_inner, int(self.max_pivots))
-        x = np.where(ok[:, None], xb, x)  # (a pivoting failure keeps the feasible CD point)
+        x = self._polish(G, q, x, Wv, (N != dummy).sum(1), (S_idx != dummy).sum(1), eps_inner)
         # the new support, front-compacted, with its Gram
         pos = (x > 0) & Wv
         order = _front(pos)
@@ -685,6 +781,42 @@ class SpliceDecomposer:
         S_G[ii, :, jj] = 0.0
         S_G[ii, jj, jj] = 1.0
         return S_idx, S_w, S_G
+
+    def _candidates(self, n_sup: np.ndarray, worst: np.ndarray) -> np.ndarray:
+        """How many violators enter each working set this round.
+
+        ``max(min_add, (grow - 1) |S|)``, multiplied by up to ``BOOST_MAX`` when the image's worst
+        violation at the previous round was more than ``BOOST_AT`` penalties: far from the optimum (small l1, where supports
+        run to hundreds of concepts) a round that adds a few dozen concepts wastes a dictionary GEMM."""
+        base = np.maximum(int(self.min_add), np.ceil((float(self.grow) - 1.0) * n_sup)).astype(float)
+        far = np.asarray(worst, np.float64) / (BOOST_AT * float(self.l1_penalty))
+        return np.ceil(base * np.clip(far, 1.0, BOOST_MAX)).astype(int)
+
+    def _polish(self, G, q, x, Wv, n_new, n_sup, eps_inner):
+        """The exact solve of the working-set problems, where it pays.
+
+        Images that just received many candidates (more than ``POLISH_FRACTION`` of their support)
+        keep the coordinate-descent point: their working set will change again, so an exact solve
+        would be thrown away (the outer loop only needs a feasible, improving point). Once few
+        candidates enter, block principal pivoting gives the exact solution, which the next round's
+        GEMM verifies on the full dictionary. Over-complete working sets (more variables than
+        dimensions: ``G`` is singular) go through :func:`_prox_bpp`, whose every step is positive
+        definite; so do images whose plain pivoting did not terminate."""
+        late = self._round >= int(self.max_rounds) // 2  # never leave an image without the polish
+        rows = np.flatnonzero((n_new <= POLISH_FRACTION * n_sup + 2) | late)
+        if not len(rows):
+            return x
+        Gp, qp, xp, Wp = G[rows].astype(np.float64), q[rows], x[rows], Wv[rows]
+        over = Wp.sum(1) > self.dim_
+        xb, ok = np.array(xp), np.zeros(len(rows), bool)
+        plain = np.flatnonzero(~over)
+        if len(plain):
+            xb[plain], ok[plain] = _bpp(Gp[plain], qp[plain], xp[plain] > 0, Wp[plain], eps_inner, int(self.max_pivots))
+        hard = np.flatnonzero(~ok)
+        if len(hard):
+            xb[hard], ok[hard] = _prox_bpp(Gp[hard], qp[hard], xp[hard], Wp[hard], eps_inner, int(self.max_pivots))
+        x[rows] = np.where(ok[:, None], xb, xp)  # (a pivoting failure keeps the feasible CD point)
+        return x
 
     def _combine(self, Si: np.ndarray, Sw: np.ndarray):
         """``W D`` for padded supports (na, s) -> torch (na, d) float32 (a sparse-dense product)."""
@@ -802,6 +934,15 @@ class SpliceDecomposer:
         return lasso_objective(self.dictionary_, V, self._weights(weights), float(self.l1_penalty))
 
 
+CHUNK_BYTES = 256 << 20  # working memory of one chunk of small problems (several (n, K, K) float64 arrays)
+
+
+def _n_chunks(na: int, width: int) -> int:
+    """Chunks of similar-size small problems: a few for the padding, more when they are large."""
+    per_image = 4 * 8 * max(1, width) ** 2  # G (float32 + float64 copy) and the pivoting's blocks
+    return max(1, min(4, na // 128), -(-na * per_image // CHUNK_BYTES))
+
+
 def _pad_cols(a: np.ndarray, width: int, fill) -> np.ndarray:
     if a.shape[1] >= width:
         return a
@@ -841,3 +982,52 @@ def decompose(embeddings, dictionary, image_mean=None, l1_penalty: float = 0.25,
     X = _to_numpy(embeddings, "embeddings", ndim=(1, 2))
     dec.fit(X if (image_mean is None or (isinstance(image_mean, str) and image_mean == "estimate")) and len(X) else None)
     return dec.decompose(X)
+
+
+def l1_for_target_l0(embeddings, dictionary, target: int, image_mean=None, *, sample: int = 256,
+                     rel_tol: float = 0.02, max_evals: int = 20, seed: int = 0, **kwargs) -> float:
+    """The ``l1_penalty`` whose decompositions have a median of ``target`` non-zero concepts.
+
+    Why: the SpLiCE paper reports results at fixed sparsity, and the l1 that gives a sparsity
+    depends on the model, the vocabulary and the images. The median l0 of a random ``sample`` of
+    the embeddings is a non-increasing step function of l1 (in practice), so a bisection on
+    ``log(l1)`` between 0 and ``lam_max`` (above which every weight is zero) finds it; it stops
+    when the median equals ``target`` or the bracket is narrower than ``rel_tol`` (then the end
+    whose median is closer to ``target`` is returned). ``kwargs`` go to :class:`SpliceDecomposer`."""
+    _check_int("target", target, low=1)
+    X = _to_numpy(embeddings, "embeddings", ndim=(1, 2)).reshape(-1, _to_numpy(dictionary, "dictionary").shape[1])
+    if len(X) > sample:
+        X = X[np.sort(np.random.default_rng(seed).choice(len(X), sample, replace=False))]
+    dec = SpliceDecomposer(dictionary, image_mean, 1.0, **kwargs).fit(X if image_mean is None else None)
+    if target > dec.dim_:
+        raise InputError(f"target l0 {target} exceeds the embedding dimension {dec.dim_}: a Lasso solution "
+                         "has at most that many non-zeros")
+    V = dec.transform_input(X)
+    lam_max = 2.0 * float(np.max(V.astype(np.float64) @ dec.dictionary_.T.astype(np.float64)))
+
+    def median_l0(lam: float) -> float:
+        dec.set_l1_penalty(lam)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SpliceConvergenceWarning)
+            return float(np.median(dec.decompose(X).getnnz(1)))
+
+    # walk down from lam_max (cheap, sparse solves first) until the median reaches the target
+    hi, l0_hi = lam_max, 0.0
+    lo = lam_max / 4.0
+    l0_lo = median_l0(lo)
+    while l0_lo < target and lo > lam_max * 1e-6:
+        hi, l0_hi = lo, l0_lo
+        lo /= 4.0
+        l0_lo = median_l0(lo)
+    for _ in range(max_evals):
+        if hi / lo <= 1.0 + rel_tol:
+            break
+        mid = math.sqrt(lo * hi)
+        m = median_l0(mid)
+        if m == target:
+            return mid
+        if m > target:
+            lo, l0_lo = mid, m
+        else:
+            hi, l0_hi = mid, m
+    return lo if abs(l0_lo - target) <= abs(l0_hi - target) else hi

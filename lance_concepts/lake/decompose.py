@@ -11,15 +11,14 @@ import time
 from typing import Mapping
 
 import numpy as np
+import pyarrow.compute as pc
 
 from ..errors import InputError
-from .batch import ConceptStep, embedding_matrix, postings_from_rows
+from .batch import ConceptStep, concept_columns, embedding_matrix, postings_from_rows
 from .rollup import refresh_rollup
 from .settings import load_mean, package_version, resolve_encoder, resolve_vocabulary, vocabulary_metadata
 from .store import ImageStore, utc_now
 from .summary import DecomposeSummary
-from .batch import concept_columns
-import pyarrow.compute as pc
 
 
 # =========================================================================================== decompose

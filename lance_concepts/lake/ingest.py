@@ -23,7 +23,6 @@ vocabulary or l1) without touching the images, as a new concept-column version.
 from __future__ import annotations
 
 import contextlib
-
 import math
 import sys
 import time
@@ -33,13 +32,13 @@ from typing import Mapping
 import numpy as np
 
 from ..errors import InputError
+from ..models.demo_model import demo_image_mean
 from ..models.encoder import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from .batch import WorkItem
 from .decode import PILLOW_MAX_PIXELS, Decoder
 from .decompose import decompose_table
 from .engines.local import LocalPipeline, default_workers
 from .engines.ray import drive_ray_ingest, require_ray
-from ..models.demo_model import demo_image_mean
 from .rollup import refresh_rollup
 from .settings import (
     encoder_metadata,
@@ -52,6 +51,7 @@ from .settings import (
 from .sources import open_source, uri_id
 from .store import ImageStore, check_compatible, compact_fragments, companion_tables, images_schema
 from .summary import IngestSummary
+
 
 def ingest(
     source,

@@ -43,8 +43,8 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import InputError
-from .store import ImageStore
-from .store import derived_table_name
+from ..threads import hot_path
+from .store import ImageStore, derived_table_name
 
 __all__ = ["rollup", "RollupSummary", "rollup_table_name", "load_crosstab", "is_current", "data_fingerprint",
            "MAX_GROUPS", "ROLLUP_FORMAT"]
@@ -207,6 +207,7 @@ def _plan(ds, columns: Sequence[str] | None, max_groups: int):
     return dims, skipped
 
 
+@hot_path()
 def rollup(db, table: str = "images", columns: Sequence[str] | None = None, *, max_groups: int = MAX_GROUPS,
            storage_options: Mapping[str, str] | None = None, batch_rows: int = 1 << 17,
            quiet: bool = True) -> RollupSummary:

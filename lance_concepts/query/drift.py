@@ -13,6 +13,7 @@ import pyarrow as pa
 from ..errors import InputError
 from ..lake.aggregates import WINDOWS
 from ..records import to_records
+from ..threads import hot_path
 from .connection import as_list, check_column, connection_state, open_connection
 from .crosstab import concept_crosstab
 from .plots import plot_drift
@@ -89,6 +90,7 @@ class DriftResult:
         return plot_drift(self, path, max_concepts=max_concepts)
 
 
+@hot_path()
 def drift(db, time_column: str = "timestamp", every: str = "month", *, concepts: Sequence[str] | None = None,
           top: int = 10, reference: str | None = None, min_weight: float = 0.0, alpha: float = 0.05,
           min_change: float = 0.10, min_support: int = 10, n_trend: int = 5, where: str | None = None,

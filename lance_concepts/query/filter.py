@@ -10,7 +10,6 @@ import pyarrow as pa
 from ..errors import InputError
 from .connection import as_list, check_column, connection_state, open_connection, quote_ident, run_query
 
-
 # ========================================================================================== filter
 #: Above this many matches, ``filter`` fetches the image rows with one filtered scan of ``images.id``
 #: instead of BTREE index lookups (measured at 1M rows: ~25-40 us per looked-up id, the scan ~200 ms

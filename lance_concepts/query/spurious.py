@@ -11,6 +11,7 @@ import pyarrow as pa
 from ..errors import InputError
 from ..lake.aggregates import sort_key
 from ..records import to_records
+from ..threads import hot_path
 from .connection import check_column, connection_state, open_connection
 from .crosstab import concept_crosstab
 from .labels import LABEL_MATCH_THRESHOLD, label_name_concepts
@@ -77,6 +78,7 @@ class SpuriousResult:
         return plot_spurious(self, path, max_labels=max_labels, per_label=per_label)
 
 
+@hot_path()
 def spurious(db, label_column: str = "label", split_column: str | None = None, *, min_weight: float = 0.0,
              min_support: int = 5, min_lift: float = 1.5, alpha: float = 0.05, top: int = 10,
              min_change: float = 0.10, split_reference: str | None = None, label_match: str = "auto",

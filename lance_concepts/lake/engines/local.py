@@ -16,6 +16,7 @@ import warnings
 
 import numpy as np
 
+from ...threads import worker_threads
 from ..batch import (
     ConceptStep,
     WorkItem,
@@ -32,14 +33,12 @@ from ..sources import Source, error_id
 from ..store import ImageStore
 from ..summary import IngestSummary
 
-
 _WORKER_DECODER = None  # the decode worker's Decoder (set once per worker process)
 
 
 def worker_init(decoder: Decoder):
     global _WORKER_DECODER
-    if "torch" in sys.modules:  # the preprocess transform is torch's: one thread per worker process
-        sys.modules["torch"].set_num_threads(1)
+    worker_threads()  # one thread for torch, BLAS and OpenMP: the parallelism is the number of workers
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = max(decoder.max_pixels, 1)
