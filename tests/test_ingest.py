@@ -526,3 +526,17 @@ def test_report_aggregates_after_ingest(tmp_path, enc, vocab, monkeypatch):
     assert engine(db) == "rollup" and not any("not rebuilt" in n for n in s.notes)
     ingest(write_csv(root / "d.csv", rows), db, rollup=False, **kw)
     assert engine(db) == "lance"
+
+
+def test_decompose_to_a_target_sparsity(tmp_path, enc, vocab):
+    """target_l0 picks the l1 whose decompositions have that median number of concepts, and records it."""
+    root, rows = make_dataset(tmp_path, n=30)
+    db = tmp_path / "db.lancedb"
+    ingest(write_csv(root / "m.csv", rows), db, model=enc, vocab=vocab, workers=0, quiet=True)
+    for target in (2, 5):
+        decompose_table(db, vocab, table="images", encoder=enc, target_l0=target, quiet=True)
+        meta = read_metadata(db)
+        l0 = ImageStore(db).table.to_arrow().column("l0").to_numpy()
+        assert meta["target_l0"] == target
+        assert abs(float(np.median(l0)) - target) <= 1, (target, np.median(l0), meta["l1_penalty"])
+    assert meta["l1_penalty"] != 0.25

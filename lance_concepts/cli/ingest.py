@@ -102,6 +102,8 @@ def ingest_cmd(source, db, table, model, pretrained, vocab, l1, batch_size, work
 @click.option("--table", default="images", show_default=True)
 @click.option("--vocab", required=True, help="Concept vocabulary: built-in name, SpLiCE list or text file.")
 @click.option("--l1", default=0.25, show_default=True, type=float, help="SpLiCE l1 penalty.")
+@click.option("--target-l0", type=click.IntRange(min=1), default=None,
+              help="Instead of --l1: the l1 giving a median of N concepts per image on a sample of the table.")
 @click.option("--model", default=None, help="Override the recorded model name (its fingerprint must match).")
 @click.option("--pretrained", default=None, help="With --model: its pretrained tag or weights file.")
 @click.option("--template", "prompt_template", default=None, help="Prompt template for the concepts.")
@@ -112,7 +114,7 @@ def ingest_cmd(source, db, table, model, pretrained, vocab, l1, batch_size, work
 @RAY_ADDRESS_OPTION
 @RAY_ACTORS_OPTION
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def decompose_cmd(db, table, vocab, l1, model, pretrained, prompt_template, image_mean, storage_options, engine,
+def decompose_cmd(db, table, vocab, l1, target_l0, model, pretrained, prompt_template, image_mean, storage_options, engine,
                   ray_address, ray_actors, quiet):
     """Recompute the concept columns from the stored embeddings (new vocabulary or l1), no re-encoding.
 
@@ -125,7 +127,7 @@ def decompose_cmd(db, table, vocab, l1, model, pretrained, prompt_template, imag
     summary = decompose_table(db, vocab, l1, table=table, model=model, pretrained=pretrained,
                               prompt_template=prompt_template, image_mean=image_mean,
                               storage_options=parse_storage_options(storage_options), quiet=quiet, engine=engine,
-                              ray_address=ray_address, ray_actors=ray_actors)
+                              ray_address=ray_address, ray_actors=ray_actors, target_l0=target_l0)
     click.echo(str(summary))
 
 

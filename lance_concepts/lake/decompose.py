@@ -19,6 +19,7 @@ from .rollup import refresh_rollup
 from .settings import load_mean, package_version, resolve_encoder, resolve_vocabulary, vocabulary_metadata
 from .store import ImageStore, utc_now
 from .summary import DecomposeSummary
+from ..concepts.splice import l1_for_target_l0
 
 
 # =========================================================================================== decompose
@@ -40,6 +41,7 @@ def decompose_table(
     engine: str = "local",
     ray_address: str | None = None,
     ray_actors: int | None = None,
+    target_l0: int | None = None,
 ) -> DecomposeSummary:
     """Recompute the concept columns of ``table`` from its stored embeddings (no image is re-encoded).
 
@@ -54,6 +56,10 @@ def decompose_table(
     columns of each fragment (the embeddings are not rewritten), one commit for the table; the postings
     are rebuilt with lance-ray (:mod:`lance_concepts.lake.engines.ray`). ``ray_address`` / ``ray_actors``
     as for :func:`ingest`.
+
+    ``target_l0``: instead of ``l1``, pick the l1 whose decompositions have a median of ``target_l0``
+    non-zero concepts on a sample of the stored embeddings (the SpLiCE paper reports results at fixed
+    sparsity); the chosen l1 and the target are recorded with the table.
     """
     t0 = time.perf_counter()
     if engine not in ("local", "ray"):
@@ -103,6 +109,8 @@ def decompose_table(
         mean = (s / cnt).astype(np.float32)
         mean_source = f"estimated from all {cnt} stored embeddings"
     text = np.asarray(voc.embed(encoder, template=prompt_template), dtype=np.float32)
+    if target_l0 is not None:
+        l1 = _l1_for_target(ds, text, mean, dim, int(target_l0))
     concepts = ConceptStep(text, voc, l1, mean)
     old_version = int(meta.get("concept_version") or 0)
     lance_version = int(ds.version)
@@ -156,7 +164,7 @@ def decompose_table(
                     "vocabulary_digest": meta.get("vocabulary_digest"), "l1_penalty": meta.get("l1_penalty"),
                     "prompt_template": meta.get("prompt_template"), "lance_version": lance_version})
     new_meta = {k: v for k, v in meta.items() if k != "decompose_in_progress"}
-    new_meta.update(vocabulary_metadata(voc, l1, prompt_template))
+    new_meta.update(vocabulary_metadata(voc, l1, prompt_template), target_l0=target_l0)
     new_meta.update(concept_version=old_version + 1, concept_history=history, image_mean=mean.tolist(),
                     image_mean_source=mean_source, package_version=package_version())
     store.write_concepts(list(voc), concepts.text, voc.name, new_meta)
@@ -171,3 +179,11 @@ def decompose_table(
                             l1_penalty=float(l1), concept_version=old_version + 1,
                             seconds=time.perf_counter() - t0, mean_l0=stats["l0"] / max(rows, 1),
                             mean_cosine=stats["cos"] / max(rows, 1), postings=n_post)
+
+
+def _l1_for_target(ds, text: np.ndarray, mean: np.ndarray, dim: int, target: int, sample_rows: int = 2048) -> float:
+    """l1 giving a median of ``target`` concepts on (at most) the first ``sample_rows`` ok embeddings."""
+    t = ds.to_table(columns=["embedding"], filter="status = 'ok'", limit=sample_rows)
+    if t.num_rows == 0:
+        raise InputError("target_l0 needs ok rows to sample embeddings from")
+    return float(l1_for_target_l0(embedding_matrix(t.column(0), dim), text, target, image_mean=mean))
