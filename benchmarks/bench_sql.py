@@ -234,7 +234,7 @@ def main(argv=None):
     ap.add_argument("--months", type=int, default=24)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--rank", type=int, default=200, help="frequency rank of the filter concept (200: ~1%)")
+    ap.add_argument("--rank", type=int, default=200, help="frequency rank of the filter concept (200: ~1%%)")
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--no-library", action="store_true")
