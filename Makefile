@@ -17,7 +17,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_PIN)
-	$(PY) -m pip install -q -e '.[dev,plots,vocab-build,ray,fast]'
+	$(PY) -m pip install -q -e '.[dev,plots,vocab-build,ray,fast,serve]'
 	touch $(STAMP)
 
 demo: $(STAMP)
