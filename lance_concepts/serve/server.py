@@ -62,10 +62,10 @@ def serve(db, port: int = 8765, host: str = "127.0.0.1", *, table: str = "images
 
     if not Path(str(db)).exists() and "://" not in str(db):
         raise InputError(f"db: no database at {db}")
-    check_bind(host, port)
-    explorer = Explorer(db, table, sql_timeout_s=sql_timeout_s)
     if port == 0:
         port = free_port(host)
+    check_bind(host, port)
+    explorer = Explorer(db, table, sql_timeout_s=sql_timeout_s)
     app = build_app(explorer)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning" if quiet or background else "info",
                             access_log=not (quiet or background))
