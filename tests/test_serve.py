@@ -246,3 +246,114 @@ def test_cli_serve_help_and_missing_db(tmp_path):
 
     res = CliRunner().invoke(main, ["serve", "--db", str(tmp_path / "nope")])
     assert res.exit_code == 2 and "no database" in res.output
+
+
+# ------------------------------------------------------------------------------ in a real browser
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """Headless Chromium from the system packages (``make test`` installs them where it can)."""
+    webdriver = pytest.importorskip("selenium.webdriver")
+    chromium = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if os.path.exists(p)), None)
+    driver_path = next((p for p in ("/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver") if os.path.exists(p)), None)
+    if not chromium or not driver_path:
+        pytest.skip("no system Chromium/chromedriver (apt-get install chromium chromium-driver)")
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000"):
+        opts.add_argument(arg)
+    drv = webdriver.Chrome(service=Service(driver_path), options=opts)
+    drv.implicitly_wait(10)
+    drv.shots = Path(os.environ.get("LC_SERVE_SHOTS") or tmp_path_factory.mktemp("screenshots"))
+    yield drv
+    drv.quit()
+
+
+def shot(browser, name):
+    browser.save_screenshot(str(browser.shots / f"{name}.png"))
+
+
+def tile_ids(browser):
+    from selenium.webdriver.common.by import By
+
+    return [e.get_attribute("data-id") for e in browser.find_elements(By.CSS_SELECTOR, ".tile")]
+
+
+def test_browser_filter_open_image_and_more_like_this(browser, server, world):
+    from selenium.webdriver.common.by import By
+
+    browser.get(server.url + "/")
+    box = browser.find_element(By.ID, "where")
+    box.send_keys("concept('red') > 0.1 AND label = 'circle'")
+    browser.find_element(By.ID, "apply").click()
+    ids = tile_ids(browser)
+    assert ids and all(world["truth"][i]["label"] == "circle" for i in ids)
+    assert sum(world["truth"][i]["colour"] == "red" for i in ids) / len(ids) >= 0.8
+    assert "where=concept" in browser.current_url  # the state is in the URL
+    shot(browser, "grid")
+    browser.find_elements(By.CSS_SELECTOR, ".tile")[0].click()
+    assert browser.find_element(By.ID, "image-title").text == ids[0]
+    assert browser.find_elements(By.CSS_SELECTOR, "#concept-chart .bars path, #concept-chart .point path")
+    assert browser.execute_script(  # the thumbnail really decoded
+        "return document.querySelector('img.big').naturalWidth") > 0
+    shot(browser, "image")
+    browser.find_element(By.ID, "more-like").click()
+    assert tile_ids(browser)
+
+
+def test_browser_text_search(browser, server, world):
+    from selenium.webdriver.common.by import By
+
+    browser.get(server.url + "/search")
+    browser.find_element(By.ID, "text").send_keys("a photo of a red circle")
+    browser.find_element(By.ID, "where").send_keys("label = 'circle'")
+    browser.find_element(By.ID, "go").click()
+    ids = tile_ids(browser)
+    want = lc.search(world["db"], "a photo of a red circle", where="label = 'circle'", k=48).column("id").to_pylist()
+    assert ids == want  # the page shows what the library finds, in order
+    shot(browser, "search")
+
+
+def test_browser_drift_alert_shows_example_images(browser, server, world):
+    from selenium.webdriver.common.by import By
+
+    browser.get(server.url + "/drift?every=quarter")
+    assert browser.find_elements(By.CSS_SELECTOR, "#drift-chart .scatterlayer .trace")
+    shot(browser, "drift")
+    browser.find_element(By.CSS_SELECTOR, "a.alert").click()
+    ids = tile_ids(browser)
+    assert "window=2024-Q4" in browser.current_url and ids
+    shot(browser, "drift-examples")
+
+
+def test_browser_spurious_finding(browser, server, world):
+    from selenium.webdriver.common.by import By
+
+    browser.get(server.url + "/spurious")
+    link = next(a for a in browser.find_elements(By.CSS_SELECTOR, "a.finding")
+                if a.text == "grass" and "label=circle" in a.get_attribute("href"))
+    link.click()
+    with_ids = [e.get_attribute("data-id") for e in browser.find_elements(By.CSS_SELECTOR, "#with-concept .tile")]
+    without_ids = [e.get_attribute("data-id") for e in browser.find_elements(By.CSS_SELECTOR, "#without-concept .tile")]
+    assert with_ids and without_ids
+    assert all(world["truth"][i]["background"] == "grass" for i in with_ids[:5])
+    shot(browser, "spurious")
+
+
+def test_browser_sql_query_and_bad_query(browser, server):
+    from selenium.webdriver.common.by import By
+
+    browser.get(server.url + "/sql")
+    box = browser.find_element(By.ID, "sql")
+    box.send_keys("SELECT id, label, concept_weight(images, 'red') AS red FROM images ORDER BY red DESC LIMIT 5")
+    browser.find_element(By.ID, "run-sql").click()
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#results tr")) == 6
+    assert browser.execute_script("return document.querySelector('#results img').naturalWidth") > 0
+    shot(browser, "sql")
+    box = browser.find_element(By.ID, "sql")
+    box.clear()
+    box.send_keys("SELECT * FROM read_csv('/etc/passwd')")
+    browser.find_element(By.ID, "run-sql").click()
+    assert "disabled by configuration" in browser.find_element(By.ID, "error").text
+    shot(browser, "sql-error")

@@ -6,7 +6,6 @@ page with status 400; nothing the user sends produces a traceback.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import InputError
@@ -29,7 +28,6 @@ def build_app(explorer: Explorer):
     from starlette.templating import Jinja2Templates
 
     templates = Jinja2Templates(directory=str(HERE / "templates"))
-    templates.env.filters["tojson_compact"] = lambda v: json.dumps(v, default=str)
 
     def render(request, name, status=200, **ctx):
         ctx.setdefault("error", None)
