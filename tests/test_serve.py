@@ -67,10 +67,21 @@ def test_filter_by_label_returns_exactly_the_labelled_images(server, world):
 
 
 def test_paging_covers_every_image_once(server, world):
-    seen = []
-    for page in range(5):
-        seen += ids_on(get(server, "/", size=48, page=page).text)
-    assert len(seen) == len(set(seen)) == len(world["truth"])
+    seen, page = [], 0
+    while True:
+        html = get(server, "/", size=48, page=page).text
+        seen += ids_on(html)
+        if 'id="next"' not in html:
+            break
+        page += 1
+    assert page == 4 and len(seen) == len(set(seen)) == len(world["truth"])
+
+
+def test_count_endpoint_matches_the_manifest(server, world):
+    want = sum(r["label"] == "circle" for r in world["truth"].values())
+    assert get(server, "/api/count", where="label = 'circle'").json() == {"count": want}
+    assert get(server, "/api/count").json() == {"count": len(world["truth"])}
+    assert "closest" in get(server, "/api/count", where="concept('redd') > 0").json()["error"]
 
 
 def test_sort_by_concept_is_strongest_first_and_finds_red_shapes(server, world):

@@ -43,9 +43,9 @@ def build_app(explorer: Explorer):
             pg = positive_int(p.get("page"), "page", 0)
             res = explorer.grid(where, sort, pg, size)
         except InputError as exc:
-            return render(request, "grid.html", status=400, error=str(exc), rows=[], total=0, page=0, size=size,
+            return render(request, "grid.html", status=400, error=str(exc), rows=[], more=False, page=0, size=size,
                           sizes=PAGE_SIZES)
-        return render(request, "grid.html", rows=res["rows"], total=res["total"], page=pg, size=size, sizes=PAGE_SIZES)
+        return render(request, "grid.html", rows=res["rows"], more=res["more"], page=pg, size=size, sizes=PAGE_SIZES)
 
     def image(request):
         image_id = request.path_params["image_id"]
@@ -133,6 +133,13 @@ def build_app(explorer: Explorer):
             return PlainTextResponse(str(exc), status_code=400)
         return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "max-age=86400"})
 
+    def count_api(request):
+        p = request.query_params
+        try:
+            return JSONResponse({"count": explorer.count(p.get("where", ""), p.get("sort", ""))})
+        except InputError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+
     def concepts_api(request):
         return JSONResponse(explorer.suggest(request.query_params.get("prefix", "")))
 
@@ -144,6 +151,7 @@ def build_app(explorer: Explorer):
         Route("/", grid), Route("/image/{image_id:path}", image), Route("/search", search),
         Route("/drift", drift_page), Route("/spurious", spurious_page), Route("/sql", sql_page),
         Route("/thumb/{image_id:path}", thumb), Route("/api/concepts", concepts_api),
+        Route("/api/count", count_api),
         Route("/static/plotly.min.js", plotly_js),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]

@@ -54,6 +54,7 @@ class Explorer:
         self._con = None
         self._sql_con = None
         self._uri_cache: dict[str, str] = {}
+        self._counts: dict[tuple, int] = {}  # the table is served as it was when opened
 
     # -- connections (opened on first use, one request at a time each) ---------------------------
     @property
@@ -86,32 +87,45 @@ class Explorer:
         return (starts + inside)[:n]
 
     # -- grid --------------------------------------------------------------------------------------
-    def grid(self, where: str = "", sort: str = "", page: int = 0, size: int = 48) -> dict:
-        """One page of images passing ``where`` (the where-language), optionally strongest ``sort``
-        concept first (then only images that carry it)."""
-        if size not in PAGE_SIZES:
-            raise InputError(f"size must be one of {', '.join(map(str, PAGE_SIZES))}, got {size}")
+    def filter_for(self, where: str = "", sort: str = "") -> str | None:
+        """The Lance filter of a grid: ``where`` (the where-language), AND 'carries ``sort``' when sorting."""
         cond = where.strip()
         if sort:
             sort_cond = f"concept({quote_string(sort)}) > 0"
             cond = f"({cond}) AND {sort_cond}" if cond else sort_cond
-        flt, _ = self.searcher.compile(cond or None)
+        return self.searcher.compile(cond or None)[0]
+
+    def count(self, where: str = "", sort: str = "") -> int:
+        """How many images a grid has; its own request (the page does not wait for it: at a million
+        rows counting a common concept costs more than showing the first page)."""
+        key = (where.strip(), sort)
+        if key not in self._counts:
+            flt = self.filter_for(where, sort)
+            self._counts[key] = int(self.searcher.ds.count_rows(filter=flt) if flt else self.searcher.ds.count_rows())
+        return self._counts[key]
+
+    def grid(self, where: str = "", sort: str = "", page: int = 0, size: int = 48) -> dict:
+        """One page of images passing ``where`` (the where-language), optionally strongest ``sort``
+        concept first (then only images that carry it). ``more``: whether a next page exists."""
+        if size not in PAGE_SIZES:
+            raise InputError(f"size must be one of {', '.join(map(str, PAGE_SIZES))}, got {size}")
+        flt = self.filter_for(where, sort)
         cols = [c for c in GRID_COLUMNS if c in self.schema.names]
         ds = self.searcher.ds
-        total = int(ds.count_rows(filter=flt)) if flt else int(ds.count_rows())
         if not sort:
-            rows = ds.to_table(columns=cols, filter=flt, offset=page * size, limit=size)
-            return {"rows": rows.to_pylist(), "total": total}
+            rows = ds.to_table(columns=cols, filter=flt, offset=page * size, limit=size + 1).to_pylist()
+            return {"rows": rows[:size], "more": len(rows) > size}
         cid = self.searcher.resolver(sort)
         tab = ds.to_table(columns=["id", "concept_ids", "concept_weights"], filter=flt)
         weights = concept_weight_column(tab, cid)
         order = pc.array_sort_indices(weights, order="descending")
         ids = tab.column("id").take(order.slice(page * size, size))
         rows = self.rows_by_id(ids.to_pylist(), cols)
-        w = dict(zip(tab.column("id").to_pylist(), weights.to_pylist()))
+        w = dict(zip(ids.to_pylist(), weights.take(order.slice(page * size, size)).to_pylist()))
         for r in rows:
             r["weight"] = w.get(r["id"])
-        return {"rows": rows, "total": total}
+        self._counts[(where.strip(), sort)] = tab.num_rows
+        return {"rows": rows, "more": (page + 1) * size < tab.num_rows}
 
     def rows_by_id(self, ids: list, cols: list[str]) -> list[dict]:
         if not ids:
@@ -201,7 +215,7 @@ class Explorer:
     def with_and_without(self, label_column: str, label: str, concept: str, n: int = 12) -> dict:
         base = f"{label_column} = {quote_string(label)}"
         c = f"concept({quote_string(concept)})"
-        return {"with": self.grid(f"{base} AND {c} > 0", sort=concept, size=PAGE_SIZES[0] if n <= 24 else 48)["rows"][:n],
+        return {"with": self.grid(f"{base} AND {c} > 0", sort=concept, size=24)["rows"][:n],
                 "without": self.grid(f"{base} AND {c} = 0", size=24)["rows"][:n]}
 
     # -- SQL -----------------------------------------------------------------------------------------

@@ -10,3 +10,12 @@
   }
   document.querySelectorAll(".concept-input").forEach(el => el.addEventListener("input", () => fill(el.value)));
 })();
+
+// The grid's total is its own request, so the first page never waits for a count.
+(function () {
+  const el = document.getElementById("count");
+  if (!el || !el.dataset) return;
+  if (el.dataset.where === undefined) return;
+  const u = "/api/count?where=" + encodeURIComponent(el.dataset.where) + "&sort=" + encodeURIComponent(el.dataset.sort);
+  fetch(u).then(r => r.json()).then(j => { el.textContent = j.error ? "?" : j.count.toLocaleString(); });
+})();
