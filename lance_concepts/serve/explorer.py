@@ -54,6 +54,7 @@ class Explorer:
         self._con = None
         self._sql_con = None
         self._uri_cache: dict[str, str] = {}
+        self._postings = None
         self._counts: dict[tuple, int] = {}  # the table is served as it was when opened
 
     # -- connections (opened on first use, one request at a time each) ---------------------------
@@ -116,6 +117,8 @@ class Explorer:
             rows = ds.to_table(columns=cols, filter=flt, offset=page * size, limit=size + 1).to_pylist()
             return {"rows": rows[:size], "more": len(rows) > size}
         cid = self.searcher.resolver(sort)
+        if not where.strip():
+            return self.sorted_by_postings(cid, page, size, cols)
         tab = ds.to_table(columns=["id", "concept_ids", "concept_weights"], filter=flt)
         weights = concept_weight_column(tab, cid)
         order = pc.array_sort_indices(weights, order="descending")
@@ -125,6 +128,22 @@ class Explorer:
         for r in rows:
             r["weight"] = w.get(r["id"])
         self._counts[(where.strip(), sort)] = tab.num_rows
+        return {"rows": rows, "more": (page + 1) * size < tab.num_rows}
+
+    def sorted_by_postings(self, cid: int, page: int, size: int, cols: list[str]) -> dict:
+        """Without a condition, sorting reads the long postings table (its BITMAP index finds the
+        concept's rows) instead of every image's concept lists."""
+        from ..lake.store import connect as lake_connect
+
+        if self._postings is None:
+            self._postings = lake_connect(self.db).open_table(self.searcher.t.postings_name).to_lance()
+        tab = self._postings.to_table(columns=["image_id", "weight"], filter=f"concept_id = {int(cid)}")
+        order = pc.array_sort_indices(tab.column("weight"), order="descending").slice(page * size, size)
+        ids, weights = tab.column("image_id").take(order).to_pylist(), tab.column("weight").take(order).to_pylist()
+        rows = self.rows_by_id(ids, cols)
+        w = dict(zip(ids, weights))
+        for r in rows:
+            r["weight"] = w.get(r["id"])
         return {"rows": rows, "more": (page + 1) * size < tab.num_rows}
 
     def rows_by_id(self, ids: list, cols: list[str]) -> list[dict]:
