@@ -175,4 +175,4 @@ def drift_chart(r) -> dict:
                        "line": {"width": 4 if c in alerted else 1.5}})
     return {"data": traces, "layout": {"height": 380, "margin": {"t": 20, "r": 10},
                                        "yaxis": {"title": {"text": "prevalence"}, "tickformat": ".0%"},
-                                       "xaxis": {"title": {"text": r.every}}, "legend": {"orientation": "h"}}}
+                                       "xaxis": {"title": {"text": r.every}}, "legend": {"orientation": "h", "y": 1.02, "yanchor": "bottom"}}}
