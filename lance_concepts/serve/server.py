@@ -73,6 +73,7 @@ def serve(db, port: int = 8765, host: str = "127.0.0.1", *, table: str = "images
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
     if warm_thumbnails:
         explorer.thumbs.warm(iter_ids(explorer))
+    threading.Thread(target=warm_reports, args=(explorer,), name="report-warmup", daemon=True).start()
     if background:
         thread = threading.Thread(target=server.run, name="lance-concepts-serve", daemon=True)
         thread.start()
@@ -90,6 +91,18 @@ def serve(db, port: int = 8765, host: str = "127.0.0.1", *, table: str = "images
     finally:
         explorer.thumbs.stop()
     return None
+
+
+def warm_reports(explorer) -> None:
+    """Run the default drift and spurious reports once in the background: the first one in a process
+    pays for loading and compiling (seconds at a million rows); the user's first click should not."""
+    try:
+        if explorer.time_columns():
+            explorer.drift(explorer.time_columns()[0], "month", [])
+        if "label" in explorer.category_columns():
+            explorer.spurious("label")
+    except Exception:  # noqa: BLE001 (a warm-up only: the page shows the same error when asked)
+        pass
 
 
 def iter_ids(explorer, batch: int = 4096):
