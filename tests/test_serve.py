@@ -368,3 +368,9 @@ def test_browser_sql_query_and_bad_query(browser, server):
     browser.find_element(By.ID, "run-sql").click()
     assert "disabled by configuration" in browser.find_element(By.ID, "error").text
     shot(browser, "sql-error")
+
+
+def test_missing_image_file_is_a_message_not_a_500(server, monkeypatch):
+    monkeypatch.setattr(server.explorer, "uri_of", lambda image_id: "images/deleted-since-ingest.png")
+    r = get(server, "/thumb/img00003", size=256)  # a size no other test asks for: not cached
+    assert r.status_code == 502 and "file not found" in r.text

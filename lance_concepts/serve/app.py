@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, LanceConceptsError
 from .explorer import PAGE_SIZES, Explorer, positive_int
 
 HERE = Path(__file__).parent
@@ -42,7 +42,7 @@ def build_app(explorer: Explorer):
             size = positive_int(p.get("size"), "size", 48)
             pg = positive_int(p.get("page"), "page", 0)
             res = explorer.grid(where, sort, pg, size)
-        except InputError as exc:
+        except LanceConceptsError as exc:
             return render(request, "grid.html", status=400, error=str(exc), rows=[], more=False, page=0, size=size,
                           sizes=PAGE_SIZES)
         return render(request, "grid.html", rows=res["rows"], more=res["more"], page=pg, size=size, sizes=PAGE_SIZES)
@@ -64,7 +64,7 @@ def build_app(explorer: Explorer):
         try:
             k = positive_int(p.get("k"), "k", 48, maximum=500) or 48
             rows = explorer.search(p.get("text", ""), p.get("like", ""), p.get("where", ""), k)
-        except InputError as exc:
+        except LanceConceptsError as exc:
             return render(request, "search.html", status=400, error=str(exc), rows=[])
         return render(request, "search.html", rows=rows)
 
@@ -85,7 +85,7 @@ def build_app(explorer: Explorer):
                     "concept": p["concept"], "window": p["window"], "reference": r.reference,
                     "window_rows": explorer.window_examples(col, every, p["window"], p["concept"]),
                     "reference_rows": explorer.window_examples(col, every, r.reference, p["concept"])}
-        except InputError as exc:
+        except LanceConceptsError as exc:
             return render(request, "drift.html", status=400, error=str(exc), **ctx)
         return render(request, "drift.html", **ctx)
 
@@ -102,7 +102,7 @@ def build_app(explorer: Explorer):
             if p.get("label") and p.get("concept"):
                 ctx["examples"] = {"label": p["label"], "concept": p["concept"],
                                    **explorer.with_and_without(col, p["label"], p["concept"])}
-        except InputError as exc:
+        except LanceConceptsError as exc:
             return render(request, "spurious.html", status=400, error=str(exc), **ctx)
         return render(request, "spurious.html", **ctx)
 
@@ -118,7 +118,7 @@ def build_app(explorer: Explorer):
                     ctx["table"] = explorer.run_named(name, values)
             elif p.get("sql", "").strip():
                 ctx["table"], ctx["truncated"] = explorer.run_sql(p["sql"])
-        except InputError as exc:
+        except LanceConceptsError as exc:
             return render(request, "sql.html", status=400, error=str(exc), **ctx)
         return render(request, "sql.html", **ctx)
 
@@ -129,15 +129,17 @@ def build_app(explorer: Explorer):
             path = explorer.thumbs.get(image_id, explorer.uri_of(image_id), size)
         except KeyError:
             return PlainTextResponse(f"no image with id {image_id!r}", status_code=404)
-        except (InputError, ValueError) as exc:
+        except (LanceConceptsError, ValueError) as exc:
             return PlainTextResponse(str(exc), status_code=400)
+        except Exception as exc:  # noqa: BLE001 (an unreadable image: its message, not a 500)
+            return PlainTextResponse(f"cannot read image {image_id!r}: {exc}", status_code=502)
         return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "max-age=86400"})
 
     def count_api(request):
         p = request.query_params
         try:
             return JSONResponse({"count": explorer.count(p.get("where", ""), p.get("sort", ""))})
-        except InputError as exc:
+        except LanceConceptsError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
 
     def concepts_api(request):
