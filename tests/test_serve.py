@@ -374,3 +374,32 @@ def test_missing_image_file_is_a_message_not_a_500(server, monkeypatch):
     monkeypatch.setattr(server.explorer, "uri_of", lambda image_id: "images/deleted-since-ingest.png")
     r = get(server, "/thumb/img00003", size=256)  # a size no other test asks for: not cached
     assert r.status_code == 502 and "file not found" in r.text
+
+
+def test_background_warmup_makes_every_thumbnail(world, tmp_path):
+    from lance_concepts.serve.server import iter_ids
+    from lance_concepts.serve.explorer import Explorer
+
+    ex = Explorer(world["db"])
+    cache = ThumbnailCache(tmp_path / "thumbs", ex.roots)
+    cache.warm(iter_ids(ex), size=96).join(120)
+    assert all(cache.path(i, 96).is_file() for i in world["truth"])
+
+
+def test_http_image_uris_are_read_like_ingest_reads_them(world, tmp_path):
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(world["root"]))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/images/img00000.png"
+        path = ThumbnailCache(tmp_path, roots=[]).get("img00000", url, 96)
+        from PIL import Image
+
+        with Image.open(path) as im:
+            assert im.format == "JPEG" and max(im.size) <= 96
+    finally:
+        httpd.shutdown()
