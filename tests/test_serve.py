@@ -313,6 +313,23 @@ def test_browser_filter_open_image_and_more_like_this(browser, server, world):
     assert tile_ids(browser)
 
 
+def test_browser_concept_autocomplete_in_the_condition(browser, server, world):
+    from selenium.webdriver.common.by import By
+
+    browser.get(server.url + "/")
+    box = browser.find_element(By.ID, "where")
+    box.send_keys("label = 'circle' AND concept('gra")
+    button = next(b for b in browser.find_elements(By.CSS_SELECTOR, ".suggestion") if b.text == "grass")
+    button.click()
+    assert box.get_attribute("value") == "label = 'circle' AND concept('grass')"
+    box.send_keys(" = 0")
+    browser.find_element(By.ID, "apply").click()  # "show me circles without grass"
+    ids = tile_ids(browser)
+    assert ids and all(world["truth"][i]["shape"] == "circle" for i in ids)
+    assert sum(world["truth"][i]["background"] != "grass" for i in ids) / len(ids) >= 0.8
+    shot(browser, "circles-without-grass")
+
+
 def test_browser_text_search(browser, server, world):
     from selenium.webdriver.common.by import By
 
