@@ -34,6 +34,7 @@ _EXPORTS = {
     "connect": "query.connection", "prepare": "query.connection", "sql": "query.named",
     "filter": "query.filter", "drift": "query.drift", "spurious": "query.spurious", "report": "query.html",
     "search": "retrieval.searcher", "index": "retrieval.index", "edit": "retrieval.edit",
+    "serve": "serve.server",
 }
 
 __all__ = ["__version__", *_EXPORTS]

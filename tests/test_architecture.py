@@ -121,7 +121,7 @@ def test_no_module_imports_another_modules_private_names():
     assert leaks == []
 
 
-ROOMS = ["errors", "records", "threads", "models", "concepts", "lake", "query", "retrieval", "demo", "cli"]
+ROOMS = ["errors", "records", "threads", "models", "concepts", "lake", "query", "retrieval", "serve", "demo", "cli"]
 
 
 def room(module: str) -> str:

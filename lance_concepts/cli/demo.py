@@ -26,3 +26,4 @@ def demo(db, n_images, data_dir, seed, quiet):
 
     result = run_demo(db=db, n_images=n_images, data_dir=data_dir, seed=seed, quiet=quiet, echo=click.echo)
     click.echo(result.summary())
+    click.echo(f"\nExplore it in a browser: lance-concepts serve --db {db}   (then open http://127.0.0.1:8765)")
