@@ -33,6 +33,7 @@ _EXPORTS = {
     "falcon": "lake.features",
     "connect": "query.connection", "prepare": "query.connection", "sql": "query.named",
     "filter": "query.filter", "drift": "query.drift", "spurious": "query.spurious", "report": "query.html",
+    "slices": "query.slices",
     "search": "retrieval.searcher", "index": "retrieval.index", "edit": "retrieval.edit",
 }
 
