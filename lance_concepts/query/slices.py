@@ -243,7 +243,8 @@ def _scope(X, y, metric, min_support, pairs, pair_candidates):
         good = (co[i, j] >= min_support) & (n - co[i, j] >= min_support)
         i, j = i[good], j[good]
         # the pair must beat the stronger of its two concepts alone, tested: its images vs the
-        # stronger concept's other images (else noise concepts ride along with a real slice)
+        # stronger concept's other images, Bonferroni over the pairs (else noise concepts ride along
+        # with a real slice)
         best = np.where([rate[int(cand[a])] >= rate[int(cand[b])] for a, b in zip(i, j)], i, j)
         bc = cand[best] if len(best) else best
         n_pair, e_pair = co[i, j], sy[i, j]
@@ -253,7 +254,7 @@ def _scope(X, y, metric, min_support, pairs, pair_candidates):
             p_beat = np.ones(len(i))
             p_beat[beats] = (proportion_test(e_pair[beats], n_pair[beats], e_rest[beats], n_rest[beats], "greater")
                              if metric == "error" else 0.0)
-            keep = beats & (p_beat < 0.05)
+            keep = beats & (p_beat < 0.05 / len(i))  # Bonferroni over the scope's pairs
             out["concepts"] += [(int(cand[a]), int(cand[b])) for a, b in zip(i[keep], j[keep])]
             out["n_in"] = np.concatenate([out["n_in"], n_pair[keep]])
             out["s_in"] = np.concatenate([out["s_in"], e_pair[keep]])
