@@ -44,7 +44,7 @@ def near_duplicate_pairs(emb: np.ndarray, threshold: float, *, cells: int | None
     x = np.asarray(emb, dtype=np.float32)
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     n = len(x)
-    cells = cells or max(1, int(np.sqrt(n) / 2))
+    cells = cells or max(1, int(np.sqrt(n)))
     rng = np.random.default_rng(seed)
     cent = x[rng.choice(n, size=min(cells, n), replace=False)]
     sample = x[rng.choice(n, size=min(n, 64 * len(cent)), replace=False)]
@@ -56,26 +56,29 @@ def near_duplicate_pairs(emb: np.ndarray, threshold: float, *, cells: int | None
                 v = m.sum(axis=0)
                 cent[c] = v / max(np.linalg.norm(v), 1e-12)
     probes = min(probes, len(cent))
-    assign = np.empty((n, probes), np.int64)
+    assign = np.empty((n, probes), np.int64)  # column 0: the nearest cell
     for s in range(0, n, 65536):
         sims = x[s:s + 65536] @ cent.T
-        assign[s:s + 65536] = np.argpartition(-sims, probes - 1, axis=1)[:, :probes] if probes < len(cent) \
+        top = np.argpartition(-sims, probes - 1, axis=1)[:, :probes] if probes < len(cent) \
             else np.argsort(-sims, axis=1)
+        assign[s:s + 65536] = np.take_along_axis(top, np.argsort(-np.take_along_axis(sims, top, 1), 1), 1)
     order = np.argsort(assign.ravel(), kind="stable")
     owner = np.repeat(np.arange(n), probes)[order]
     bounds = np.searchsorted(assign.ravel()[order], np.arange(len(cent) + 1))
+    home = assign[:, 0]  # each image asks only its nearest cell, which holds its neighbours' probes
     pi, pj = [], []
     for c in range(len(cent)):
         m = owner[bounds[c]:bounds[c + 1]]
-        if len(m) < 2:
+        qs = np.flatnonzero(home == c) if len(m) >= 2 else ()
+        if len(qs) == 0:
             continue
-        for s in range(0, len(m), block):
-            sims = x[m[s:s + block]] @ x[m].T
-            r, k = np.nonzero(sims >= threshold)
-            a, b = m[s + r], m[k]
-            keep = a < b
-            pi.append(a[keep])
-            pj.append(b[keep])
+        xm = x[m].T
+        for s in range(0, len(qs), block):
+            q = qs[s:s + block]
+            r, k = np.nonzero((x[q] @ xm) >= threshold)
+            a, b = q[r], m[k]
+            pi.append(np.minimum(a, b)[a != b])
+            pj.append(np.maximum(a, b)[a != b])
     if not pi:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     pairs = np.unique(np.stack([np.concatenate(pi), np.concatenate(pj)], axis=1), axis=0)
@@ -116,7 +119,8 @@ def duplicates(db, threshold: float = 0.95, *, table: str = "images", exact: boo
     if "content_sha256" in cols:
         parts.append(_exact_groups(t))
     if near and t.num_rows > 1:
-        emb = np.stack(t["embedding"].to_numpy(zero_copy_only=False))
+        col = t["embedding"].combine_chunks()
+        emb = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), -1)
         i, j = near_duplicate_pairs(emb, threshold, probes=probes)
         parts.append(_groups_table(t, group_labels(t.num_rows, i, j), "near"))
     out = pa.concat_tables(parts) if parts else _groups_table(t.slice(0, 0), np.zeros(0, np.int64), "near")
