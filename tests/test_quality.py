@@ -153,3 +153,23 @@ def test_duplicates_table_and_cli(lake):
     assert r.exit_code == 0 and "brightness < 0.2" in r.output
     r = CliRunner().invoke(main, ["duplicates", "--db", db, "--threshold", "2"])
     assert r.exit_code == 2 and "threshold" in r.output
+
+
+def test_real_photo_ground_truth(shared_dir, tmp_path):
+    """Damaged copies of real photos (benchmarks/quality_ground_truth.py, smaller): every planted dark,
+    blurred, tiny and byte-exact copy is found, and the dark and blurry detectors flag no original."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "quality_ground_truth.py"
+    spec = importlib.util.spec_from_file_location("qgt", path)
+    qgt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(qgt)
+    rows = qgt.plant(shared_dir / "datasets" / "imagenet-sample", tmp_path, n=40, k=8)
+    db = str(tmp_path / "db.lancedb")
+    ingest(str(tmp_path / "manifest.csv"), db, model="demo", vocab="demo", id_column="id", quiet=True, workers=0)
+    got = qgt.evaluate(db, rows)
+    for issue in ("dark", "blurry", "tiny", "duplicates_exact"):
+        assert got[issue]["recall"] == 1.0, (issue, got[issue])
+    for issue in ("dark", "blurry", "duplicates_exact"):
+        assert got[issue]["precision"] == 1.0, (issue, got[issue])

@@ -14,7 +14,7 @@ from .options import DB_OPTION, FORMAT_OPTION, OUTPUT_OPTION, STORAGE_OPTION, TA
 @click.option("--dark", type=float, default=None, help="brightness below this (default 0.12).")
 @click.option("--bright", type=float, default=None, help="brightness above this (default 0.92).")
 @click.option("--low-contrast", type=float, default=None, help="contrast below this (default 0.04).")
-@click.option("--blurry", type=float, default=None, help="blur (Laplacian variance) below this (default 20).")
+@click.option("--blurry", type=float, default=None, help="blur / luma variance below this (default 0.01).")
 @click.option("--tiny", type=int, default=None, help="shorter side below this many pixels (default 64).")
 @click.option("--extreme-aspect", type=float, default=None, help="long/short side above this (default 3).")
 @click.option("--examples", default=3, show_default=True)

@@ -7,10 +7,13 @@ side is at most ``STATS_SIDE`` pixels, so they do not depend on resolution and c
 - ``file_size``: bytes of the file; ``format``: the decoder's name for it (JPEG, PNG, WEBP, ...)
 - ``brightness``: mean luma (ITU-R 601, 0-255) / 255, in [0, 1]; dark images are low
 - ``contrast``: standard deviation of luma / 255 (RMS contrast), in [0, 0.5]
-- ``blur``: variance of the 4-neighbour Laplacian of the luma (0-255 scale): low = few edges = blurry
+- ``blur``: variance of the 4-neighbour Laplacian of the luma (0-255 scale): low = few edges = blurry.
+  It scales with contrast (a dark copy has ~1/70 of it), so the ``blurry`` issue divides it by the
+  luma variance: ``blur / (contrast * 255)^2``, the share of the image's variance in fine detail
 - ``colourfulness``: Hasler & Suesstrunk (2003) M = sqrt(sd_rg^2 + sd_yb^2) + 0.3 sqrt(mean_rg^2 + mean_yb^2)
   with rg = R - G, yb = (R + G) / 2 - B; 0 for grey, ~100+ very colourful
-- ``is_greyscale``: the mean over pixels of (max channel - min channel) is below 3 (of 255)
+- ``is_greyscale``: mean(max channel - min channel) / mean(max channel) < 0.04, the saturation of
+  HSV computed over the whole image (a ratio, so a dark colour photo is not grey)
 - ``content_sha256``: hex SHA-256 of the file's bytes (exact duplicates share it)
 """
 from __future__ import annotations
@@ -22,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 STATS_SIDE = 256
-GREY_SPREAD = 3.0
+GREY_SATURATION = 0.04
 
 QUALITY_FIELDS = (
     pa.field("width", pa.int32()),
@@ -66,10 +69,11 @@ def pixel_stats(im) -> dict:
         lap = (y[:-2, 1:-1] + y[2:, 1:-1] + y[1:-1, :-2] + y[1:-1, 2:] - 4 * y[1:-1, 1:-1]).ravel()
     rg, yb = r - g, 0.5 * (r + g) - b
     colourful = float(np.sqrt(rg.var() + yb.var()) + 0.3 * np.sqrt(rg.mean() ** 2 + yb.mean() ** 2))
-    spread = float((a.max(axis=2) - a.min(axis=2)).mean())
+    mx = a.max(axis=2)
+    saturation = float((mx - a.min(axis=2)).mean() / max(float(mx.mean()), 1.0))
     return {"brightness": float(y.mean() / 255.0), "contrast": float(y.std() / 255.0),
             "blur": float(lap.var()) if lap.size else 0.0, "colourfulness": colourful,
-            "is_greyscale": spread < GREY_SPREAD}
+            "is_greyscale": saturation < GREY_SATURATION}
 
 
 def image_quality(data: bytes, im) -> dict:

@@ -19,12 +19,12 @@ ISSUES = {
     "dark": ("brightness < $dark", ("dark",)),
     "bright": ("brightness > $bright", ("bright",)),
     "low_contrast": ("contrast < $low_contrast", ("low_contrast",)),
-    "blurry": ("blur < $blurry", ("blurry",)),
+    "blurry": ("blur / greatest(contrast * contrast * 65025, 1) < $blurry", ("blurry",)),
     "tiny": ("least(width, height) < $tiny", ("tiny",)),
     "extreme_aspect": ("greatest(aspect, 1 / aspect) > $extreme_aspect", ("extreme_aspect",)),
     "greyscale": ("is_greyscale", ()),
 }
-DEFAULTS = {"dark": 0.12, "bright": 0.92, "low_contrast": 0.04, "blurry": 20.0, "tiny": 64,
+DEFAULTS = {"dark": 0.12, "bright": 0.92, "low_contrast": 0.04, "blurry": 0.01, "tiny": 64,
             "extreme_aspect": 3.0}
 
 
