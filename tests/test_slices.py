@@ -117,3 +117,19 @@ def test_cli(world, tmp_path):
     assert "snow" in data[0]["concepts"] and png.stat().st_size > 1000
     r = CliRunner().invoke(main, ["slices", "--db", db, "--prediction-column", "nope"])
     assert r.exit_code == 2 and "nope" in r.output
+
+
+def test_zero_shot_with_the_tables_clip_model(tmp_path):
+    """Zero-shot predictions come from the table's own (demo) CLIP model: far better than chance on
+    the rendered shapes, and every prediction is one of the labels."""
+    from lance_concepts.demo import world as demo_world
+    from lance_concepts.lake.ingest import ingest
+
+    manifest = demo_world.generate_dataset(tmp_path / "data", n=160, seed=1)
+    db = str(tmp_path / "demo.lancedb")
+    ingest(str(manifest), db, model="demo", vocab="demo", quiet=True, workers=0)
+    res = slices(db, "label", zero_shot="a photo of a {}", min_support=5)
+    labels = set(res.rows["label"].to_pylist())
+    assert set(res.rows["prediction"].to_pylist()) <= labels
+    chance_error = 1 - 1 / len(labels)
+    assert res.n_errors / res.n_images < chance_error / 2

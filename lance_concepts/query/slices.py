@@ -176,10 +176,10 @@ def zero_shot_predictions(db, rows: pa.Table, template: str, table: str, storage
     classes = sorted({str(x) for x in rows["label"].to_pylist()})
     txt = np.asarray(enc.encode_text([template.format(c) for c in classes]), dtype=np.float32)
     txt /= np.linalg.norm(txt, axis=1, keepdims=True)
-    emb_tbl = t.tbl.to_lance().to_table(columns=["id", "embedding"],
-                                        filter=None).filter(pc.is_in(pa.field("id"), rows["id"]))
+    emb_tbl = t.tbl.to_lance().to_table(columns=["id", "embedding"]).filter(pc.field("id").isin(rows["id"]))
     by_id = dict(zip(emb_tbl["id"].to_pylist(), range(emb_tbl.num_rows)))
-    E = np.stack(emb_tbl["embedding"].to_numpy(zero_copy_only=False)).astype(np.float32)
+    col = emb_tbl["embedding"].combine_chunks()
+    E = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), -1).astype(np.float32)
     idx = np.array([by_id[i] for i in rows["id"].to_pylist()])
     sims = E[idx] @ txt.T
     return pa.array([classes[k] for k in sims.argmax(axis=1)], pa.string())
