@@ -67,7 +67,7 @@ def quality(db, *, thresholds: Mapping[str, float] | None = None, examples: int 
                  cnt["n"][0].as_py(), n, ex["uri"].to_pylist())
         dup = _duplicates(con, table, examples)
         if dup is not None:
-            _add(out, "duplicate", "id IN (SELECT id FROM duplicate_groups WHERE NOT keep)", dup[0], n, dup[1])
+            _add(out, "duplicate", f"id IN (SELECT id FROM {dup[2]} WHERE NOT keep)", dup[0], n, dup[1])
     finally:
         if owned:
             con.close()
@@ -93,4 +93,4 @@ def _duplicates(con, table, examples):
         t = arrow_table(con, f'SELECT DISTINCT uri FROM "{name}" WHERE NOT keep ORDER BY uri')
     except Exception:  # no duplicates table yet: the summary says how to make one
         return None
-    return t.num_rows, t["uri"].to_pylist()[:examples]
+    return t.num_rows, t["uri"].to_pylist()[:examples], name
