@@ -129,6 +129,19 @@ def test_zero_shot_with_the_tables_clip_model(tmp_path):
     db = str(tmp_path / "demo.lancedb")
     ingest(str(manifest), db, model="demo", vocab="demo", quiet=True, workers=0)
     res = slices(db, "label", zero_shot="a photo of a {}", min_support=5)
+    # a model that always fails on one background: slices exist, and the page embeds their images
+    import lance
+
+    ds = lance.dataset(f"{db}/images.lance")
+    t = ds.to_table(columns=["id", "label", "background"])
+    bg = max(set(t["background"].to_pylist()), key=t["background"].to_pylist().count)
+    ds.merge(pa.table({"id": t["id"], "predicted": [("wrong" if b == bg else lab) for lab, b in
+                                                     zip(t["label"].to_pylist(), t["background"].to_pylist())]}),
+             left_on="id")
+    planted = slices(db, "label", "predicted", min_support=5)
+    assert planted.table.num_rows > 0
+    page = planted.html(tmp_path / "s.html").read_text()
+    assert page.count("data:image/jpeg;base64,") >= planted.table.num_rows
     labels = set(res.rows["label"].to_pylist())
     assert set(res.rows["prediction"].to_pylist()) <= labels
     chance_error = 1 - 1 / len(labels)

@@ -24,12 +24,15 @@ from .options import DB_OPTION, FORMAT_OPTION, OUTPUT_OPTION, STORAGE_OPTION, TA
 @click.option("--examples", default=4, show_default=True, help="Example uris per slice (wrong and right).")
 @click.option("--where", default=None, help="Extra SQL condition on images (your own SQL).")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="PNG: error rate in vs out of slices.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False), default=None,
+              help="HTML page with the figure and thumbnails of each slice's examples.")
+@click.option("--root", default=None, help="--html: folder relative uris are read from (default: recorded).")
 @TABLE_OPTION
 @STORAGE_OPTION
 @FORMAT_OPTION
 @OUTPUT_OPTION
 def slices_cmd(db, label_column, prediction_column, zero_shot, score_column, split_column, split, min_support,
-               min_weight, alpha, top, no_pairs, examples, where, plot, table, fmt, output, storage_options):
+               min_weight, alpha, top, no_pairs, examples, where, plot, html_path, root, table, fmt, output, storage_options):
     """Concepts (and pairs) whose presence most raises a model's error rate, overall and per label,
     with example images, BH q-values and worst-group accuracy."""
     from ..query.slices import slices
@@ -42,3 +45,6 @@ def slices_cmd(db, label_column, prediction_column, zero_shot, score_column, spl
     if plot:
         res.plot(plot)
         click.echo(f"plot: {plot}", err=True)
+    if html_path:
+        res.html(html_path, root=root)
+        click.echo(f"html: {html_path}", err=True)

@@ -66,6 +66,13 @@ class SlicesResult:
 
         return self.rows.filter(pc.is_in(self.rows["uri"], pa.array(uris, pa.string()))).slice(0, n)
 
+    def html(self, path, root: str | None = None):
+        """A self-contained page with the figure and thumbnails of every slice's examples (``root``:
+        where relative uris resolve; default the table's recorded image root)."""
+        from .slices_html import slices_html
+
+        return slices_html(self, path, root=root if root is not None else self.params.get("image_root"))
+
     def plot(self, path, top: int = 12):
         """Horizontal bars: metric inside vs outside each of the ``top`` slices."""
         import matplotlib
@@ -135,6 +142,7 @@ def slices(db, label_column: str = "label", prediction_column: str | None = None
                                 f"{', ' + sel if sel else ''}, concept_ids, concept_weights FROM images "
                                 f"WHERE {' AND '.join(conds)}", bind or None)
         names = st.names
+        image_root = _image_root(db, table, storage_options)
     finally:
         if owned:
             con.close()
@@ -161,8 +169,17 @@ def slices(db, label_column: str = "label", prediction_column: str | None = None
     return SlicesResult(table=tbl, groups=groups, metric=metric, n_images=len(y), n_errors=float(y.sum()),
                         params={"min_support": min_support, "min_weight": min_weight, "alpha": alpha, "top": top,
                                 "pairs": pairs, "score_column": score_column, "zero_shot": zero_shot,
-                                "tested": sum(len(f["p"]) for f in found)},
+                                "tested": sum(len(f["p"]) for f in found), "image_root": image_root},
                         rows=rows)
+
+
+def _image_root(db, table, storage_options):
+    from ..lake.store import read_metadata
+
+    try:
+        return read_metadata(db, table, storage_options).get("image_root")
+    except Exception:  # no metadata: relative uris resolve from the working directory
+        return None
 
 
 def zero_shot_predictions(db, rows: pa.Table, template: str, table: str, storage_options) -> pa.Array:
