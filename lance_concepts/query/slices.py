@@ -49,9 +49,10 @@ class SlicesResult:
             ex = ", ".join(r["wrong_examples"][:3])
             lines.append(f"  {r['rank']:>2}. [{r['scope']}] {r['slice']}: {what} {r['metric_slice']:.3f} vs "
                          f"{r['metric_rest']:.3f} (n={r['n_slice']}, q={r['q_value']:.2g})  e.g. {ex}")
-        if self.groups.num_rows:
-            lines.append("worst group per label (accuracy):")
-            for r in self.groups.filter(self.groups["worst"]).to_pylist():
+        worst = [r for r in self.groups.filter(self.groups["worst"]).to_pylist() if r["accuracy"] < 1]
+        if worst:
+            lines.append("worst group per label (accuracy, labels with an error):")
+            for r in worst:
                 lines.append(f"  {r['label']} / {r['concept']}: {r['accuracy']:.3f} (n={r['n']})")
         return "\n".join(lines)
 
