@@ -21,6 +21,7 @@ def main():
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--copies", type=int, default=2000)
     ap.add_argument("--threshold", type=float, default=0.95)
+    ap.add_argument("--lance", default=None, help="also write a LanceDB table here and time lc.duplicates on it")
     a = ap.parse_args()
     rng = np.random.default_rng(0)
     # clustered like real embeddings: 1000 topics, images around them
@@ -44,6 +45,28 @@ def main():
     print(f"n={len(x)} dim={a.dim}: pairs {t1 - t0:.1f} s, union-find {t2 - t1:.1f} s, total {t2 - t0:.1f} s; "
           f"{len(i)} pairs >= {a.threshold}; planted pairs above threshold {int(want.sum())}, "
           f"recall {found[want].mean():.4f}")
+    if a.lance:
+        end_to_end(a.lance, x, a.threshold)
+
+
+def end_to_end(db, x, threshold):
+    """lc.duplicates on a table: read the embeddings, search, union-find, write duplicate_groups."""
+    import shutil
+
+    import lancedb
+    import pyarrow as pa
+
+    from lance_concepts.retrieval.duplicates import duplicates
+
+    shutil.rmtree(db, ignore_errors=True)
+    n = len(x)
+    t = pa.table({"id": pa.array([f"i{k:07d}" for k in range(n)]), "uri": pa.array([f"u/{k}.jpg" for k in range(n)]),
+                  "embedding": pa.FixedSizeListArray.from_arrays(pa.array(x.astype(np.float32).ravel()), x.shape[1])})
+    lancedb.connect(db).create_table("images", t)
+    t0 = time.perf_counter()
+    g = duplicates(db, threshold)
+    print(f"lc.duplicates on a {n}-row LanceDB table: {time.perf_counter() - t0:.1f} s, "
+          f"{len(set(g['group_id'].to_pylist()))} groups written")
 
 
 if __name__ == "__main__":
