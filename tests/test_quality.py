@@ -173,3 +173,19 @@ def test_real_photo_ground_truth(shared_dir, tmp_path):
         assert got[issue]["recall"] == 1.0, (issue, got[issue])
     for issue in ("dark", "blurry", "duplicates_exact"):
         assert got[issue]["precision"] == 1.0, (issue, got[issue])
+
+
+def test_odd_images_do_not_break_quality():
+    from lance_concepts.lake.quality import image_quality
+
+    one = Image.new("RGB", (1, 1), (10, 200, 30))
+    q = image_quality(b"", one)
+    assert q["blur"] == 0 and q["file_size"] == 0 and not q["is_greyscale"]
+
+    class Broken:
+        size = (10, 10)
+
+        def reduce(self, k):
+            raise OSError("cannot read pixels")
+
+    assert image_quality(b"xx", Broken()) == {"file_size": 2}  # nulls, not a crash

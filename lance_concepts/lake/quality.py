@@ -81,8 +81,13 @@ def pixel_stats(im) -> dict:
 
 
 def image_quality(data: bytes, im) -> dict:
-    """All quality columns of one image: header facts of ``data`` and pixel stats of decoded ``im``."""
-    return {**file_facts(data), **pixel_stats(im)}
+    """All quality columns of one image: header facts of ``data`` and pixel stats of decoded ``im``.
+    Never raises: a statistic that cannot be computed is left null, the image is still ingested."""
+    try:
+        stats = pixel_stats(im)
+    except Exception:  # noqa: BLE001 - quality must not cost the user an image
+        stats = {}
+    return {**file_facts(data), **stats}
 
 
 def content_sha256(data: bytes) -> str:
