@@ -33,6 +33,8 @@ _EXPORTS = {
     "falcon": "lake.features",
     "connect": "query.connection", "prepare": "query.connection", "sql": "query.named",
     "filter": "query.filter", "drift": "query.drift", "spurious": "query.spurious", "report": "query.html",
+    "slices": "query.slices", "quality": "query.quality", "duplicates": "retrieval.duplicates",
+    "backfill_quality": "lake.backfill",
     "search": "retrieval.searcher", "index": "retrieval.index", "edit": "retrieval.edit",
     "serve": "serve.server",
 }

@@ -53,8 +53,10 @@ def _store(tmp_path, meta=None, table="images"):
 def test_schema_columns_and_types():
     sch = st.images_schema(4, [pa.field("label", pa.dictionary(pa.int32(), pa.string())),
                                pa.field("when", pa.date32()), pa.field("t", pa.timestamp("s", tz="UTC"))])
+    from lance_concepts.lake.quality import QUALITY_COLUMNS
+
     assert sch.names == ["id", "uri", "label", "when", "t", "embedding", "concept_ids", "concept_weights", "l0",
-                         "splice_cosine", "status", "error"]
+                         "splice_cosine", "status", "error", *QUALITY_COLUMNS]
     assert sch.field("label").type == pa.string()
     assert sch.field("when").type == pa.timestamp("us")
     assert sch.field("t").type == pa.timestamp("us")

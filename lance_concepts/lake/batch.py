@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from ..errors import LanceConceptsError
 from .decode import Decoder
+from .quality import quality_table
 from .sources import Source, error_id
 
 
@@ -76,6 +77,7 @@ class WorkItem:
     row: int  # source row
     uri: str
     id: str | None  # from the source, or None (content hash after reading)
+    quality: dict | None = None  # lake.quality columns, set after decoding
 
 
 # =========================================================================================== one batch
@@ -85,8 +87,9 @@ class WorkItem:
 def split_decoded(items: Sequence[WorkItem], results) -> tuple[list, list, list]:
     """Decoder results of ``items`` -> (ok [(item, id)], preprocessed arrays, errors [(item, id, message)])."""
     ok, xs, errs = [], [], []
-    for k, digest, x, err in results:
+    for k, digest, x, err, *quality in results:
         item = items[k]
+        item.quality = quality[0] if quality else None
         if err is None:
             ok.append((item, item.id or digest))
             xs.append(x)
@@ -157,6 +160,9 @@ def build_rows(ok_items, emb, errs, concepts: "ConceptStep | None", src_meta: pa
         cols["l0"] = pa.array(np.concatenate([l0, np.zeros(n_err, np.int32)]), pa.int32(), mask=~valid)
         cols["splice_cosine"] = pa.array(np.concatenate([cos, np.zeros(n_err, np.float32)]), pa.float32(),
                                          mask=~valid)
+    q = quality_table([it.quality for it, _ in ok_items] + [None] * n_err)
+    for name in q.column_names:  # a source's own metadata column of the same name wins
+        cols.setdefault(name, q.column(name))
     cols["status"] = pa.array(["ok"] * n_ok + ["error"] * n_err, pa.string())
     cols["error"] = pa.array([None] * n_ok + [e[2] for e in errs], pa.string())
     return pa.table(cols), postings

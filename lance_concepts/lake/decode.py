@@ -14,6 +14,8 @@ import warnings
 
 import numpy as np
 
+from .quality import image_quality
+
 PILLOW_MAX_PIXELS = 89_478_485  # Pillow's default decompression-bomb limit (1024 * 1024 * 1024 // 4 // 3)
 
 
@@ -155,7 +157,7 @@ class Decoder:
         self.need_hash = need_hash
 
     def one(self, uri: str, data: bytes | None):
-        """-> (content id or None, preprocessed array or None, error or None)"""
+        """-> (content id or None, preprocessed array or None, error or None, quality columns or None)"""
         digest = None
         try:
             if data is None:
@@ -163,14 +165,15 @@ class Decoder:
             if self.need_hash:
                 digest = hashlib.sha256(data).hexdigest()[:32]
             im = decode_image(data, max_pixels=self.max_pixels, draft=self.draft)
+            quality = image_quality(data, im)
             try:
                 x = self.preprocess(im)
             except Exception as exc:
                 raise ImageDecodeError(f"preprocessing failed: {exc}") from None
             x = x.numpy() if hasattr(x, "numpy") else np.asarray(x)
-            return digest, np.ascontiguousarray(x, dtype=np.float32), None
+            return digest, np.ascontiguousarray(x, dtype=np.float32), None, quality
         except ImageDecodeError as exc:
-            return digest, None, str(exc)
+            return digest, None, str(exc), None
 
     def __call__(self, tasks):
         return [(i,) + self.one(uri, data) for i, uri, data in tasks]

@@ -84,7 +84,8 @@ class CommitConflictError(LanceConceptsError):
 # ------------------------------------------------------------------------------------------ naming
 #: The tables derived from an images table. The default table's are unprefixed ("concepts"), those of
 #: any other table carry its name ("pets_concepts"); the rollup was always named after its table.
-DERIVED_KINDS = ("concepts", "image_concepts", "features", "feature_concepts", "image_features", "rollup")
+DERIVED_KINDS = ("concepts", "image_concepts", "features", "feature_concepts", "image_features", "rollup",
+                 "duplicate_groups")
 
 
 def derived_table_name(table: str, kind: str) -> str:
@@ -160,6 +161,10 @@ def images_schema(embed_dim: int, metadata_fields: Sequence[pa.Field] = (),
         pa.field("status", pa.string()),
         pa.field("error", pa.string()),
     ]
+    from .quality import QUALITY_FIELDS  # image quality columns (lake/quality.py); metadata names win
+
+    taken = {f.name for f in fields}
+    fields += [f for f in QUALITY_FIELDS if f.name not in taken]
     return pa.schema(fields, metadata=_encode_metadata(metadata) if metadata is not None else None)
 
 
