@@ -147,13 +147,15 @@ def drift_cmd(db, time_column, every, concepts, top, reference, min_weight, alph
 @click.option("--where", default=None, help="Extra SQL condition on images (your own SQL).")
 @click.option("--materialize", is_flag=True, help="Copy the tables into DuckDB first.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="PNG: per-label concept bars.")
+@click.option("--max-labels", default=20, show_default=True,
+              help="Summary lists findings per label only up to this many labels (strongest overall first).")
 @TABLE_OPTION
 @STORAGE_OPTION
 @FORMAT_OPTION
 @OUTPUT_OPTION
 def spurious_cmd(db, label_column, split_column, split_reference, min_weight, min_support, min_lift, alpha,
-                 min_change, top, label_match, label_threshold, where, materialize, plot, table, fmt, output,
-                 storage_options):
+                 min_change, top, label_match, label_threshold, where, materialize, plot, max_labels, table, fmt,
+                 output, storage_options):
     """Concepts over-represented in each label (lift, nPMI, one-sided test with Benjamini-Hochberg),
     leaving out concepts that merely name the label; with --split-column, per-label differences
     between splits."""
@@ -166,7 +168,7 @@ def spurious_cmd(db, label_column, split_column, split_reference, min_weight, mi
                    label_threshold=LABEL_MATCH_THRESHOLD if label_threshold is None else label_threshold,
                    where=where, materialize=materialize, table=table,
                    storage_options=parse_storage_options(storage_options))
-    emit(res.combined(), fmt, output, res.summary())
+    emit(res.combined(), fmt, output, res.summary(max_labels=max_labels), summary_first=True)
     if plot:
         res.plot(plot)
         click.echo(f"plot: {plot}", err=True)
