@@ -125,3 +125,83 @@ def test_notebook_views(res):
     assert len(df) == res.to_arrow().num_rows and {"kind", "ratio"} <= set(df.columns)
     html = res._repr_html_()
     assert "<table" in html and "grass" in html
+
+
+# ------------------------------------------------------------------------------------------ drift
+from lance_concepts.query.drift import drift  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def no_drift_db(tmp_path_factory):
+    """The same world with timestamps shuffled across images: no concept drifts."""
+    import numpy as np
+
+    rows = draw_world(1200, seed=1)
+    ts = [r["timestamp"] for r in rows]
+    perm = np.random.default_rng(0).permutation(len(rows))
+    rows = [dict(r, timestamp=ts[j]) for r, j in zip(rows, perm)]
+    return str(write_world(tmp_path_factory.mktemp("nodrift") / "w.lancedb", rows))
+
+
+def test_divergence_shown_next_to_its_no_drift_level(no_drift_db, world):
+    import numpy as np
+
+    for every in ("week", "month"):
+        d = drift(no_drift_db, "timestamp", every)
+        ratio = np.median([d.js[w] / d.js_null[w] for w in d.windows if w != d.reference])
+        assert 0.6 < ratio < 1.7, (every, ratio)
+    wk, mo = drift(no_drift_db, "timestamp", "week"), drift(no_drift_db, "timestamp", "month")
+    # small windows inflate the divergence, and the null level says so
+    assert np.median(list(wk.js_null.values())) > 2 * np.median(list(mo.js_null.values()))
+    planted = drift(world[0], "timestamp", "month")
+    last = planted.windows[-1]
+    assert planted.js[last] > 2.5 * planted.js_null[last]
+    assert "null" in planted.summary()
+
+
+def test_drift_summary_first_and_concepts_chosen_by_change(world):
+    d = drift(world[0], "timestamp", "month", top=3)
+    assert d.concepts[0] == "red"          # the planted drift, not the most common concept
+    p = drift(world[0], "timestamp", "month", top=3, choose="prevalence")
+    assert p.concepts != d.concepts
+    lines = d.summary().splitlines()
+    assert lines[1].startswith("alerts (") and "red rising" in lines[1]
+    assert lines[2].startswith("rising most (") and lines[3].startswith("falling most (")
+    from lance_concepts.errors import InputError
+    with pytest.raises(InputError, match="choose"):
+        drift(world[0], "timestamp", "month", choose="nope")
+
+
+def test_drift_examples_reference_vs_peak(world):
+    import datetime as dt
+
+    rows = {r["id"]: r for r in world[1]}
+    d = drift(world[0], "timestamp", "month", weight_intervals=True)
+    assert min(x for x in d.table.column("mean_weight_low").to_pylist() if x is not None) >= 0.0
+    ex = d.examples("red", n=5).to_pylist()
+    peak = d.peak_window("red")
+    assert peak == next(a["window"] for a in d.alerts if a["concept"] == "red")
+    groups = {e["group"] for e in ex}
+    assert groups == {f"reference {d.reference}", f"peak {peak}"}
+    for e in ex:
+        r = rows[e["id"]]
+        assert "red" in r["weights"]
+        month = r["timestamp"].strftime("%Y-%m")
+        assert month == (d.reference if e["group"].startswith("reference") else peak)
+    assert len([e for e in ex if e["group"].startswith("peak")]) == 5
+    assert isinstance(d.to_pandas().shape, tuple) and "<pre>" in d._repr_html_()
+
+
+def test_cli_drift_prints_summary_first_and_the_table_on_request(world):
+    from click.testing import CliRunner
+
+    from lance_concepts.cli import main
+
+    r = CliRunner().invoke(main, ["drift", "--db", world[0]])
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("12 windows") and "window_start" not in r.output
+    assert max(len(x) for x in r.output.splitlines()[:4]) < 400
+    r = CliRunner().invoke(main, ["drift", "--db", world[0], "--windows"])
+    assert r.exit_code == 0 and r.output.startswith("12 windows") and "window_start" in r.output
+    r = CliRunner().invoke(main, ["spurious", "--db", world[0], "--format", "json"])
+    assert r.exit_code == 0 and any(x["kind"] == "excluded" for x in json.loads(r.output))
