@@ -205,3 +205,40 @@ def test_cli_drift_prints_summary_first_and_the_table_on_request(world):
     assert r.exit_code == 0 and r.output.startswith("12 windows") and "window_start" in r.output
     r = CliRunner().invoke(main, ["spurious", "--db", world[0], "--format", "json"])
     assert r.exit_code == 0 and any(x["kind"] == "excluded" for x in json.loads(r.output))
+
+
+# ------------------------------------------------------------------------------------------ report
+def test_html_report_shows_thumbnails_next_to_each_finding(tmp_path):
+    """Images on disk whose colour says which group they belong to: green = circle on grass."""
+    from PIL import Image
+
+    from lance_concepts.query.html import report
+
+    rows = draw_world(400, seed=2)
+    root = tmp_path / "imgs"
+    (root / "images").mkdir(parents=True)
+    for r in rows:
+        colour = (0, 200, 0) if r["background"] == "grass" else (200, 200, 200)
+        Image.new("RGB", (40, 40), colour).save(root / r["uri"])
+    db = str(write_world(tmp_path / "w.lancedb", rows, metadata={"image_root": str(root)}))
+    page = report(db, tmp_path / "r.html", time_column="timestamp", label_column="label", top=4).read_text()
+    assert "Findings with the images behind them" in page and "Evidence: reference window" in page
+    section = page.split("Findings with the images behind them")[1].split("<img alt='spurious'")[0]
+    finding_rows = section.split("<tr>")[2:]
+    assert finding_rows
+    for fr in finding_rows:
+        assert fr.count("data:image/jpeg;base64,") >= 2, fr[:300]
+    # the circle/grass row: thumbnails with the concept are green (grass), without it are grey
+    import base64
+    import io
+
+    grass_row = next(fr for fr in finding_rows if "+grass" in fr and ">circle<" in fr)
+    with_part, without_part = grass_row.split("without concept")
+    def colours(part):
+        out = []
+        for b64 in re.findall(r"data:image/jpeg;base64,([A-Za-z0-9+/=]+)", part):
+            out.append(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB").getpixel((5, 5)))
+        return out
+    assert all(c[1] > 150 and c[0] < 60 for c in colours(with_part))
+    assert all(abs(c[0] - c[1]) < 30 for c in colours(without_part))
+    assert "Left out: concepts that name the label" in page and "Under-represented concepts" in page

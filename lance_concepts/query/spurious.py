@@ -152,7 +152,7 @@ def _excluded_text(res) -> str:
                                             f"{r['prevalence_other']:.0%}, by {r['excluded_by']})" for r in rows)
 
 
-def spurious_html(res, n_findings: int = 8, n_examples: int = 5) -> str:
+def spurious_html(res, n_findings: int = 8, n_examples: int = 5, with_summary: bool = True) -> str:
     """Summary plus, for the strongest findings, thumbnails with the concept next to without it."""
     import html
 
@@ -166,7 +166,8 @@ def spurious_html(res, n_findings: int = 8, n_examples: int = 5) -> str:
                 ex = f"<small>no examples: {html.escape(str(exc))}</small>"
         rows.append(f"<tr><td>{html.escape(str(r['label']))}</td><td>{html.escape(_finding_text(r))}</td>"
                     f"<td>{ex}</td></tr>")
-    return (f"<pre>{html.escape(res.summary())}</pre><table><tr><th>label</th><th>finding</th>"
+    head = f"<pre>{html.escape(res.summary())}</pre>" if with_summary else ""
+    return (f"{head}<table><tr><th>label</th><th>finding</th>"
             f"<th>examples</th></tr>{''.join(rows)}</table>")
 
 
