@@ -1,11 +1,14 @@
 -- spurious_correlations: concepts over-represented in each label compared with the other labels.
 --
--- For label L and concept c: prevalence in L vs in the other labels, lift = P(c | L) / P(c),
+-- For label L and concept c: prevalence in L vs in the other labels, ratio = the two divided (what a
+-- reader compares), lift = P(c | L) / P(c) (against all images; min_lift filters on it),
 -- nPMI, one-sided pooled two-proportion z-test (L more often), Benjamini-Hochberg over every
 -- (label, concept) pair with at least min_support images. Concepts whose words equal or contain
 -- the label's words (or the reverse) are left out; the Python / CLI spurious also folds plurals,
 -- uses the table's CLIP text encoder to leave out near-synonyms, and Fisher's exact test for small
--- counts.
+-- counts. Python / CLI spurious also reports under-represented concepts and lists the excluded
+-- concepts with the rule that excluded each; with --label-match string its over-represented rows
+-- are this query's rows.
 --
 -- @ident label_column = label          the label column of images
 -- @param min_weight  DOUBLE  = 0.0     a concept counts as present above this weight
@@ -58,7 +61,8 @@ ranked AS (
     WHERE q_value < $alpha AND lift >= $min_lift AND NOT (list_has_all(lw, cw) OR list_has_all(cw, lw))
 )
 SELECT label, concept, rank, n_label, n_present, prevalence, prevalence_other,
-       prevalence - prevalence_other AS change, lift, npmi, p_value, q_value
+       prevalence - prevalence_other AS change,
+       CASE WHEN prevalence_other > 0 THEN prevalence / prevalence_other ELSE 'inf'::DOUBLE END AS ratio, lift, npmi, p_value, q_value
 FROM ranked
 WHERE rank <= $top
 ORDER BY label, rank;

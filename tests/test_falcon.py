@@ -118,6 +118,30 @@ def test_without_the_contrastive_step_the_distractor_is_a_label(world):
     assert g0.spurious == []
 
 
+def test_a_faint_common_background_is_removed_compared_with_itself(world):
+    """Issue 13: removal compared a term's lowly-set score with the group's TOP term, so a background
+    with little evidence weight (0.1 next to the colour's 0.6) but on 80% of red images and 50% of all
+    stayed a label of the red feature. Compared with its own highly-set score, it is removed and reported."""
+    idx = {c: i for i, c in enumerate(world["concepts"])}
+    S = np.zeros((len(world["acts"]), len(world["concepts"])), np.float32)
+    for i, (c, s, b) in enumerate(zip(world["colour"], world["shape"], world["bg"])):
+        S[i, [idx[c], idx[s], idx[b]]] = [0.6, 0.3, 0.1]
+    fit = lambda **kw: FalconExplainer(**kw).fit(world["acts"], world["img"], None, world["concepts"],  # noqa: E731
+                                                 concept_scores=S).group_of(0)
+    g0 = fit()
+    assert g0.concepts[0][0] == "red"
+    assert np.mean(world["bg"][g0.members] == "grass") > 0.75 and np.mean(world["bg"][g0.low] == "grass") >= 0.5
+    assert "grass" not in [t for t, _ in g0.concepts]
+    hit = [x for x in g0.spurious if x[0] == "grass"]
+    assert hit, g0.spurious
+    _, hs, ls = hit[0]
+    assert ls >= 0.25 * hs
+    # the old rule (lowly score against the top term's highly score) would have kept it as a label
+    assert ls < 0.25 * g0.concepts[0][1]
+    # without the contrastive step it is a label
+    assert "grass" in [t for t, _ in fit(spurious_threshold=np.inf).concepts]
+
+
 def test_matches_a_naive_reference_implementation():
     """Loop-based FALCON written straight from the description vs the vectorised, chunked core."""
     w = planted_world(n=700, seed=3)

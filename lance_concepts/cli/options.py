@@ -48,9 +48,17 @@ DB_OPTION = click.option("--db", required=True, help="LanceDB directory or URI."
 TABLE_OPTION = click.option("--table", default="images", show_default=True, help="Images table.")
 
 
-def emit(table, fmt, output, summary=None):
+def emit(table, fmt, output, summary=None, *, summary_first: bool = False, show_table: bool = True):
+    """Write the table; in the terminal format the summary goes first (``summary_first``: a reader sees
+    the findings before the detail) or last, and ``show_table=False`` prints the summary alone."""
     from .output import format_output
 
+    if summary_first and summary and fmt == "table" and output is None:
+        click.echo(summary)
+        if show_table:
+            click.echo("")
+            click.echo(format_output(table, fmt, output))
+        return
     text = format_output(table, fmt, output)
     if text is not None:
         click.echo(text)

@@ -108,12 +108,16 @@ def filter_cmd(db, concepts, min_weight, match_any, limit, columns, plot, table,
 @click.option("--weight-intervals", is_flag=True, help="Also 95% intervals of the mean weights (slower).")
 @click.option("--materialize", is_flag=True, help="Copy the tables into DuckDB first.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="PNG: curves with 95% intervals.")
+@click.option("--choose", type=click.Choice(["change", "prevalence"]), default="change", show_default=True,
+              help="Without --concepts: tabulate the concepts that changed most, or the most prevalent.")
+@click.option("--windows", "show_windows", is_flag=True,
+              help="Also print the per-window table after the summary (other formats always write it).")
 @TABLE_OPTION
 @STORAGE_OPTION
 @FORMAT_OPTION
 @OUTPUT_OPTION
 def drift_cmd(db, time_column, every, concepts, top, reference, min_weight, alpha, min_change, min_support, where,
-              weight_intervals, materialize, plot, table, fmt, output, storage_options):
+              weight_intervals, materialize, plot, choose, show_windows, table, fmt, output, storage_options):
     """Concept prevalence (Wilson 95%) and mean weight per time window; change tests against the
     reference window with Benjamini-Hochberg control; alerts; rising and falling concepts; the
     Jensen-Shannon divergence of each window's concept distribution from the reference."""
@@ -122,8 +126,8 @@ def drift_cmd(db, time_column, every, concepts, top, reference, min_weight, alph
     res = drift(db, time_column, every, concepts=split_names(concepts) or None, top=top, reference=reference,
                 min_weight=min_weight, alpha=alpha, min_change=min_change, min_support=min_support, where=where,
                 weight_intervals=weight_intervals or bool(plot), materialize=materialize, table=table,
-                storage_options=parse_storage_options(storage_options))
-    emit(res.table, fmt, output, res.summary())
+                storage_options=parse_storage_options(storage_options), choose=choose)
+    emit(res.table, fmt, output, res.summary(), summary_first=True, show_table=show_windows)
     if plot:
         res.plot(plot)
         click.echo(f"plot: {plot}", err=True)
@@ -147,13 +151,15 @@ def drift_cmd(db, time_column, every, concepts, top, reference, min_weight, alph
 @click.option("--where", default=None, help="Extra SQL condition on images (your own SQL).")
 @click.option("--materialize", is_flag=True, help="Copy the tables into DuckDB first.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="PNG: per-label concept bars.")
+@click.option("--max-labels", default=20, show_default=True,
+              help="Summary lists findings per label only up to this many labels (strongest overall first).")
 @TABLE_OPTION
 @STORAGE_OPTION
 @FORMAT_OPTION
 @OUTPUT_OPTION
 def spurious_cmd(db, label_column, split_column, split_reference, min_weight, min_support, min_lift, alpha,
-                 min_change, top, label_match, label_threshold, where, materialize, plot, table, fmt, output,
-                 storage_options):
+                 min_change, top, label_match, label_threshold, where, materialize, plot, max_labels, table, fmt,
+                 output, storage_options):
     """Concepts over-represented in each label (lift, nPMI, one-sided test with Benjamini-Hochberg),
     leaving out concepts that merely name the label; with --split-column, per-label differences
     between splits."""
@@ -166,7 +172,7 @@ def spurious_cmd(db, label_column, split_column, split_reference, min_weight, mi
                    label_threshold=LABEL_MATCH_THRESHOLD if label_threshold is None else label_threshold,
                    where=where, materialize=materialize, table=table,
                    storage_options=parse_storage_options(storage_options))
-    emit(res.combined(), fmt, output, res.summary())
+    emit(res.combined(), fmt, output, res.summary(max_labels=max_labels), summary_first=True)
     if plot:
         res.plot(plot)
         click.echo(f"plot: {plot}", err=True)

@@ -20,17 +20,20 @@ Pipeline (``FalconExplainer.fit``), for a representation ``R`` (images x feature
 7. contrastive filtering: lowly activating images have every group feature below ``mean(R)``; they
    are ranked by the dot product of their other features with the mean other features of the group's
    images, and those with similarity >= ``low_similarity`` (0.3) are kept, at most ``max_low`` (10).
-   A term is *spurious* when its score on the lowly set is at least ``spurious_threshold`` times the
-   group's top score on the highly activating set (recalibrated, see below); spurious terms are
-   removed from the labels and reported separately;
+   A term is *spurious* when its score on the lowly set is at least ``spurious_threshold`` times its
+   OWN score on the highly activating set (recalibrated, see below): the images without the feature
+   show it nearly as much as those with it, so it is not what the feature encodes (a common
+   background). Comparing with the group's top term instead made removal depend on an unrelated
+   word. Spurious terms are removed from the labels and those that would have been shown are
+   reported separately;
 8. per group: the top ``n_terms`` single words and top ``n_terms`` phrases (two or more words).
 
 Faithful vs recalibrated: steps 1-5, 7's choice of lowly activating images and 8 follow FALCON.
 FALCON's removal cut-off (an absolute 0.1) belongs to its softmax over a shard of LAION captions and
 means nothing for one global softmax over a vocabulary, so the cut-off here is *relative* to the
-group's own top score (``spurious_threshold``, default 0.25: a term is spurious when the lowly
-activating images show it at least a quarter as strongly as the group's best term is shown by its
-highly activating images). The softmax temperature (100, CLIP's logit scale) is FALCON's.
+term's own score on the highly activating images (``spurious_threshold``, default 0.25: a term is
+spurious when the lowly activating images show it at least a quarter as strongly as the highly
+activating images show it). The softmax temperature (100, CLIP's logit scale) is FALCON's.
 
 The whole core is vectorised numpy over row chunks; the LanceDB layer (``falcon``) reads a vector
 column of the images table, writes three tables and returns JSON-able records. ``transfer`` carries
@@ -263,7 +266,7 @@ class FalconExplainer:
     n_terms : words and phrases reported per group, each (8).
     low_similarity : lowly activating images need this similarity on the other features (0.3).
     max_low : at most this many lowly activating images per group (10).
-    spurious_threshold : a term is spurious when its lowly-set score >= this x the group's top
+    spurious_threshold : a term is spurious when its lowly-set score >= this x its own
         highly-set score (0.25; recalibrated, see the module docstring).
     temperature : softmax scale on cosines (100, CLIP's logit scale).
     chunk_size : rows processed at a time (memory vs speed).
@@ -472,10 +475,8 @@ class FalconExplainer:
         if len(cand) == 0:
             return [], [], []
         spur = np.zeros(len(cand), dtype=bool)
-        if lo is not None:  # relative to the top score of the same kind (words vs phrases)
-            kind = n_words[cand] > 1
-            top = np.where(kind, h[cand][kind].max(initial=0.0), h[cand][~kind].max(initial=0.0))
-            spur = lo[cand] >= float(self.spurious_threshold) * top
+        if lo is not None:  # each term against itself: shown almost as much without the feature as with it
+            spur = lo[cand] >= float(self.spurious_threshold) * h[cand]
         order = np.lexsort((cand, -h[cand]))           # strongest first, ties by term index
         cand, spur = cand[order], spur[order]
         nt = int(self.n_terms)
@@ -484,9 +485,10 @@ class FalconExplainer:
             sel = (n_words[cand] > 1) == kind
             c, sp = cand[sel], spur[sel]
             kept = [(terms[t], float(h[t])) for t in c[~sp][:nt]]
-            # reported: the removed terms that score highly on BOTH sets (same bar on the high set)
-            removed = [(terms[t], float(h[t]), float(lo[t])) for t in c[sp]
-                       if h[t] >= float(self.spurious_threshold) * h[c[0]]]
+            # reported: the removed terms that would otherwise have been shown (score at least the
+            # last shown label's, or any when fewer than n_terms are shown)
+            bar = kept[-1][1] if len(kept) >= nt else 0.0
+            removed = [(terms[t], float(h[t]), float(lo[t])) for t in c[sp] if h[t] >= bar]
             out[kind] = (kept, removed)
         words, phrases = out[False][0], out[True][0]
         spurious = sorted(out[False][1] + out[True][1], key=lambda x: -x[1])

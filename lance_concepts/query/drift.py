@@ -16,6 +16,8 @@ from ..records import to_records
 from ..threads import hot_path
 from .connection import as_list, check_column, connection_state, open_connection
 from .crosstab import concept_crosstab
+from .drift_null import by_change, js_null, window_bounds
+from .examples import ExampleSource, examples_html, window_examples
 from .plots import plot_drift
 from .statistics import (
     benjamini_hochberg,
@@ -64,26 +66,79 @@ class DriftResult:
     js: dict
     n_images: dict
     params: dict = field(default_factory=dict)
+    js_null: dict = field(default_factory=dict)
+    window_starts: dict = field(default_factory=dict)
+    source: ExampleSource | None = None
 
     def records(self) -> list[dict]:
         return to_records(self.table)
 
-    def summary(self) -> str:
+    def to_arrow(self) -> pa.Table:
+        return self.table
+
+    def to_pandas(self):
+        return self.table.to_pandas()
+
+    def peak_window(self, concept: str) -> str:
+        """The window where ``concept`` differs most from the reference (its alert's window if it has one)."""
+        for a in self.alerts:
+            if a["concept"] == concept:
+                return a["window"]
+        rows = [r for r in self.table.to_pylist() if r["concept"] == concept and r["window"] != self.reference]
+        if not rows:
+            raise InputError(f"concept {concept!r} is not in this drift result; concepts: {', '.join(self.concepts)}")
+        return max(rows, key=lambda r: abs(r["change"]))["window"]
+
+    def examples(self, concept: str, window: str | None = None, n: int = 6) -> pa.Table:
+        """Images showing ``concept`` in the reference window (group 'reference <w>') next to those in
+        ``window`` (default: where it peaks, group 'peak <w>'), strongest weight first; columns group, id,
+        uri, weight."""
+        if self.source is None:
+            raise InputError("this result does not know its table; run drift(db, ...) again")
+        window = window or self.peak_window(concept)
+        if window not in self.window_starts:
+            raise InputError(f"window {window!r} not found; windows: {', '.join(self.windows)}")
+        wins = {f"reference {self.reference}": window_bounds(self.window_starts[self.reference], self.every),
+                f"peak {window}": window_bounds(self.window_starts[window], self.every)}
+        return window_examples(self.source, self.time_column, wins, concept, n=n)
+
+    def _repr_html_(self) -> str:
+        import html
+
+        parts = [f"<pre>{html.escape(self.summary())}</pre>"]
+        for a in self.alerts[:6]:
+            try:
+                ex = examples_html(self.source, self.examples(a["concept"], n=5), size=64) if self.source else ""
+            except InputError as exc:
+                ex = f"<small>{html.escape(str(exc))}</small>"
+            parts.append(f"<h4>{html.escape(a['concept'])} {a['direction']}</h4>{ex}")
+        return "".join(parts)
+
+    def summary(self, *, windows: int = 12) -> str:
+        """Alerts, rising and falling first (with counts), then the divergences next to their no-drift level."""
         p = self.params
         lines = [f"{len(self.windows)} windows of one {self.every} ({self.windows[0]} .. {self.windows[-1]}), "
                  f"{sum(self.n_images.values())} images; reference window {self.reference}; "
-                 f"prevalence = weight > {p.get('min_weight')}; alert = BH q < {p.get('alpha')} and "
-                 f"|change| >= {p.get('min_change')}"]
-        if self.alerts:
-            lines.append("alerts: " + "; ".join(
-                f"{a['concept']} {a['direction']} {a['reference_prevalence']:.1%} -> {a['prevalence']:.1%} "
-                f"({a['window']}, q={a['q_value']:.2g})" for a in self.alerts))
-        else:
-            lines.append("alerts: none")
-        lines.append("rising most: " + (", ".join(f"{r['concept']} {r['change']:+.1%}" for r in self.rising) or "-"))
-        lines.append("falling most: " + (", ".join(f"{r['concept']} {r['change']:+.1%}" for r in self.falling) or "-"))
-        lines.append("Jensen-Shannon divergence from the reference: "
-                     + ", ".join(f"{w} {v:.3f}" for w, v in self.js.items()))
+                 f"{p.get('tested_concepts')} concepts tested; alert = prevalence not the same in all windows and "
+                 f"a window with BH q < {p.get('alpha')} and |change| >= {p.get('min_change')}"]
+        lines.append(f"alerts ({len(self.alerts)}): " + ("; ".join(
+            f"{a['concept']} {a['direction']} {a['reference_prevalence']:.1%} -> {a['prevalence']:.1%} "
+            f"({a['window']}, q={a['q_value']:.2g})" for a in self.alerts[:10]) or "none")
+            + (f"; +{len(self.alerts) - 10} more" if len(self.alerts) > 10 else ""))
+        last = self.windows[-1] if self.reference != self.windows[-1] else self.windows[0]
+        lines.append(f"rising most ({len(self.rising)}, {self.reference} -> {last}): "
+                     + (", ".join(f"{r['concept']} {r['change']:+.1%}" for r in self.rising) or "-"))
+        lines.append(f"falling most ({len(self.falling)}, {self.reference} -> {last}): "
+                     + (", ".join(f"{r['concept']} {r['change']:+.1%}" for r in self.falling) or "-"))
+        ws = [w for w in self.windows if w != self.reference]
+        shown = ws if len(ws) <= windows else sorted(ws, key=lambda w: -(self.js[w] - self.js_null.get(w, 0)))[:windows]
+        lines.append("Jensen-Shannon divergence from the reference, next to its no-drift level for windows of the same "
+                     "size (small windows inflate it)" + (f"; the {windows} most above it" if len(ws) > windows else "")
+                     + ": " + ", ".join(f"{w} {self.js[w]:.3f} (null {self.js_null.get(w, float('nan')):.3f})"
+                                        for w in shown))
+        lines.append(f"concepts in the per-window table: {', '.join(self.concepts[:12])}"
+                     + (f" (+{len(self.concepts) - 12})" if len(self.concepts) > 12 else "")
+                     + f" (chosen by {p.get('choose', 'change')})")
         return "\n".join(lines)
 
     def plot(self, path, max_concepts: int = 8):
@@ -96,7 +151,7 @@ def drift(db, time_column: str = "timestamp", every: str = "month", *, concepts:
           min_change: float = 0.10, min_support: int = 10, n_trend: int = 5, where: str | None = None,
           params: Mapping[str, Any] | None = None, weight_intervals: bool = False, materialize: bool = False,
           table: str = "images", engine: str = "auto",
-          storage_options: Mapping[str, str] | None = None) -> DriftResult:
+          storage_options: Mapping[str, str] | None = None, choose: str = "change") -> DriftResult:
     """Concept prevalence and mean weight per time window, and what changed.
 
     ``time_column``: a timestamp/date column of ``images``; ``every``: day | week | month | quarter |
@@ -112,6 +167,9 @@ def drift(db, time_column: str = "timestamp", every: str = "month", *, concepts:
     ``where``: optional SQL condition on ``images`` (with ``$name`` parameters in ``params``).
     ``weight_intervals``: also the 95% intervals of the mean weights (one more sum per posting: about
     a third slower at a million images; the columns are null without it).
+    ``choose``: without ``concepts``, tabulate the ``top`` concepts that changed most ('change', the
+    default: smallest q against the reference, then largest change) or the most prevalent ('prevalence').
+    ``js_null`` (in the result and summary): each window's divergence under no drift, for comparison.
     ``engine``: where the counts come from (:func:`lance_concepts.query.crosstab.concept_crosstab`): 'auto' reads
     the table's rollup (:mod:`lance_concepts.lake.rollup`) when it is up to date and can answer, else scans.
     """
@@ -121,21 +179,25 @@ def drift(db, time_column: str = "timestamp", every: str = "month", *, concepts:
         check_column(con, time_column, what="time column", kinds=("TIMESTAMP", "DATE"))
         if every not in WINDOWS:
             raise InputError(f"every must be one of {', '.join(WINDOWS)}; got {every!r}")
+        if choose not in ("change", "prevalence"):
+            raise InputError(f"choose must be 'change' or 'prevalence'; got {choose!r}")
         chosen = [st.names.id(c) for c in as_list(concepts)]
         ct = concept_crosstab(con, time_column, every=every, where=where, params=params,
                                    min_weight=min_weight, second_moment=weight_intervals, engine=engine)
         if not ct.groups:
             raise InputError(f"no images with concepts and a {time_column!r} value"
                              + (" matching the condition" if where else ""))
-        return _drift_from_crosstab(ct, st.names, time_column, every, chosen, top, reference, min_weight, alpha,
-                                    min_change, min_support, n_trend)
+        res = _drift_from_crosstab(ct, st.names, time_column, every, chosen, top, reference, min_weight, alpha,
+                                   min_change, min_support, n_trend, choose=choose)
+        res.source = ExampleSource.of(db, table, storage_options, min_weight)
+        return res
     finally:
         if owned:
             con.close()
 
 
 def _drift_from_crosstab(ct, names, time_column, every, chosen, top, reference, min_weight, alpha, min_change,
-                         min_support, n_trend) -> DriftResult:
+                         min_support, n_trend, choose: str = "prevalence") -> DriftResult:
     labels = [_window_label(g, every) for g in ct.groups]
     G, C = ct.present.shape
     n = ct.n.astype(np.float64)
@@ -195,6 +257,12 @@ def _drift_from_crosstab(ct, names, time_column, every, chosen, top, reference, 
     # which concepts to tabulate
     if chosen:
         sel = list(dict.fromkeys(chosen))
+    elif choose == "change":
+        sel = by_change(ct.present, n, qvals, r, tested, int(top))
+        for a in alerts:
+            cid = names.id(a["concept"])
+            if cid not in sel:
+                sel.append(cid)
     else:
         sel = [int(c) for c in np.argsort(-total_present, kind="stable")[: max(int(top), 0)] if total_present[c] > 0]
         for a in alerts:  # alerts are always shown
@@ -205,6 +273,7 @@ def _drift_from_crosstab(ct, names, time_column, every, chosen, top, reference, 
     lo, hi = wilson_interval(ct.present[:, sel_a], n[:, None])
     if ct.weight_sq is not None:
         mean, mlo, mhi = mean_interval(ct.weight_sum[:, sel_a], ct.weight_sq[:, sel_a], n[:, None])
+        mlo = np.maximum(mlo, 0.0)  # weights are non-negative: so is the interval
     else:
         mean = ct.weight_sum[:, sel_a] / np.maximum(n[:, None], 1)
         mlo = mhi = np.full(mean.shape, np.nan)
@@ -236,10 +305,14 @@ def _drift_from_crosstab(ct, names, time_column, every, chosen, top, reference, 
     return DriftResult(table=tbl, windows=labels, reference=labels[r], every=every, time_column=time_column,
                        concepts=[names.name(int(c)) for c in sel_a], alerts=alerts, rising=rising, falling=falling,
                        js={labels[g]: float(js[g]) for g in range(G)},
+                       js_null={labels[g]: float(v) for g, v in enumerate(
+                           js_null(n, ct.weight_sum, ct.present, ct.weight_sq, r))},
+                       window_starts={labels[g]: ct.groups[g] for g in range(G)},
                        n_images={labels[g]: int(n[g]) for g in range(G)},
                        params={"min_weight": min_weight, "alpha": alpha, "min_change": min_change,
                                "min_support": min_support, "tested_concepts": int(len(tested)),
-                               "engine": ct.engine, "alert_concepts": sorted(alert_set)})
+                               "engine": ct.engine, "alert_concepts": sorted(alert_set), "choose":
+                                   "given" if chosen else choose})
 
 
 def _parse_date(s: str):

@@ -12,8 +12,10 @@ import pyarrow as pa
 
 from ..records import format_cell, to_records
 from .connection import connection_state, images_columns, open_connection, run_query
+from ..errors import InputError
 from .drift import drift
-from .spurious import spurious
+from .examples import examples_html
+from .spurious import spurious, spurious_html
 
 
 # ========================================================================================== report
@@ -44,7 +46,7 @@ def _html_table(table: pa.Table, max_rows: int = 40, cols: Sequence[str] | None 
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{more}"
 
 
-_CSS = """
+_CSS = """pre{white-space:pre-wrap;word-break:break-word}
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
 color:#222;line-height:1.45}
 h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
@@ -76,6 +78,7 @@ def report(db, html, *, time_column: str | None = "timestamp", every: str = "mon
                         weight_intervals=True)
             parts += ["<h2>Drift over time</h2>", f"<pre>{_html.escape(res.summary())}</pre>",
                       f"<img alt='drift' src='{_fig_data_uri(res.plot)}'>",
+                      drift_evidence_html(res),
                       "<h3>Per window</h3>",
                       _html_table(res.table, max_rows=60, cols=["window", "concept", "n_images", "prevalence",
                                                                 "prevalence_low", "prevalence_high", "mean_weight",
@@ -88,9 +91,20 @@ def report(db, html, *, time_column: str | None = "timestamp", every: str = "mon
             res = spurious(con, label_column, sp_split, min_weight=min_weight, alpha=alpha, min_lift=min_lift,
                            min_change=min_change, top=top, label_match=label_match)
             parts += ["<h2>Spurious correlations</h2>", f"<pre>{_html.escape(res.summary())}</pre>",
+                      "<h3>Findings with the images behind them</h3>",
+                      spurious_html(res, n_findings=top * 2, with_summary=False),
                       f"<img alt='spurious' src='{_fig_data_uri(res.plot)}'>", "<h3>Over-represented concepts</h3>",
                       _html_table(res.table, max_rows=80, cols=["label", "concept", "n_label", "prevalence",
-                                                                "prevalence_other", "lift", "npmi", "q_value"])]
+                                                                "prevalence_other", "ratio", "lift", "npmi",
+                                                                "q_value"])]
+            if res.under_table is not None and res.under_table.num_rows:
+                parts += ["<h3>Under-represented concepts</h3>",
+                          _html_table(res.under_table, max_rows=60, cols=["label", "concept", "n_label", "prevalence",
+                                                                          "prevalence_other", "ratio", "q_value"])]
+            if res.excluded_table is not None and res.excluded_table.num_rows:
+                parts += ["<h3>Left out: concepts that name the label</h3>",
+                          _html_table(res.excluded_table, max_rows=60, cols=["label", "concept", "excluded_by",
+                                                                             "prevalence", "prevalence_other"])]
             if res.split_table is not None:
                 parts += [f"<h3>Split shift ({_html.escape(sp_split)})</h3>", _html_table(res.split_table, 40)]
             elif split_column:
@@ -114,11 +128,30 @@ _HOW_TO_READ = """<ul>
 Wilson intervals.</li>
 <li><b>Alert</b>: the prevalence in a window differs from the reference window with Benjamini-Hochberg q below
 alpha (two-proportion z-test, Fisher's exact test for small counts) and by at least the minimum change.</li>
-<li><b>Lift</b>: how many times more often the concept appears in the label than overall; <b>nPMI</b>: normalised
+<li><b>Ratio</b> (x): share of the label's images with the concept divided by the share of the other labels'
+images (the two percentages shown). <b>Lift</b>: how many times more often the concept appears in the label
+than in all images; <b>nPMI</b>: normalised
 pointwise mutual information (0 independent, 1 always together). Concepts that merely name the label are left
 out.</li>
 <li><b>Jensen-Shannon divergence</b>: how far a window's overall concept mix (share of total weight) is from the
-reference window's (0 = same, 1 = disjoint).</li></ul>"""
+reference window's (0 = same, 1 = disjoint), next to the level windows of the same size reach with no drift at
+all (small windows inflate it).</li>
+<li><b>Examples</b>: for a spurious finding, images of the label with the concept next to images of the label
+without it; for a drift alert, images with the concept from the reference window next to the window where it
+peaks. Hover a thumbnail for its id.</li></ul>"""
+
+
+def drift_evidence_html(res, n_alerts: int = 6, n: int = 5) -> str:
+    """Thumbnails for each alert (or, without alerts, the concepts that changed most)."""
+    concepts = [a["concept"] for a in res.alerts[:n_alerts]] or res.concepts[:3]
+    parts = ["<h3>Evidence: reference window vs the window where each concept peaks</h3>"]
+    for c in concepts:
+        try:
+            ex = examples_html(res.source, res.examples(c, n=n), size=64)
+        except InputError as exc:
+            ex = f"<small>no examples: {_html.escape(str(exc))}</small>"
+        parts.append(f"<div class='ev'><b>{_html.escape(c)}</b>{ex}</div>")
+    return "".join(parts)
 
 
 def _summary(con, st, cols) -> str:

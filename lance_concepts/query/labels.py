@@ -75,7 +75,16 @@ def _lemma_index(names) -> tuple[dict, dict]:
 
 def label_name_concepts(con, labels: Sequence, *, threshold: float = LABEL_MATCH_THRESHOLD,
                         method: str = "auto") -> tuple[dict, str]:
-    """For each label, the concept ids that merely name it, and a sentence saying how this was decided.
+    """For each label, the concept ids that merely name it, and a sentence saying how this was decided
+    (see :func:`label_name_rules`, which also says which rule excluded each concept)."""
+    rules, how = label_name_rules(con, labels, threshold=threshold, method=method)
+    return {lab: set(r) for lab, r in rules.items()}, how
+
+
+def label_name_rules(con, labels: Sequence, *, threshold: float = LABEL_MATCH_THRESHOLD,
+                     method: str = "auto") -> tuple[dict, str]:
+    """For each label, ``{concept id: rule}`` for the concepts that merely name it ('string' or
+    'embedding (cosine 0.71)'), so a report can list what it left out and why, and a sentence for all.
 
     Always: the string rule (:func:`string_names_label`). With ``method`` 'auto' or 'embedding' and
     the table's CLIP model loadable: also the concepts among the label's ``LABEL_MATCH_NEIGHBOURS``
@@ -93,7 +102,7 @@ def label_name_concepts(con, labels: Sequence, *, threshold: float = LABEL_MATCH
         if ll:
             cand = set().union(*(words.get(w, set()) for w in ll))
             hits = {i for i in cand if csets[i] <= ll or ll <= csets[i]}
-        out[lab] = hits
+        out[lab] = {i: "string" for i in hits}
     how = "string match (same words, singular/plural folded)"
     if method == "string":
         return out, how
@@ -112,7 +121,9 @@ def label_name_concepts(con, labels: Sequence, *, threshold: float = LABEL_MATCH
     k = min(LABEL_MATCH_NEIGHBOURS, sims.shape[1])
     for j, lab in enumerate(labels):
         near = np.argpartition(-sims[j], k - 1)[:k] if k else np.zeros(0, np.int64)
-        out[lab] |= {int(ids[i]) for i in near if sims[j, i] >= threshold}
+        for i in near:
+            if sims[j, i] >= threshold:
+                out[lab].setdefault(int(ids[i]), f"embedding (cosine {sims[j, i]:.2f})")
     return out, how + (f" + text-embedding match ({why}; the label's {LABEL_MATCH_NEIGHBOURS} nearest concepts "
                        f"with centred cosine >= {threshold})")
 

@@ -60,6 +60,7 @@ def plot_drift(res: DriftResult, path, max_concepts: int = 8):
     t = res.table.to_pydict()
     present = set(t["concept"])  # alerts can name concepts outside the ones chosen for the table
     concepts = [c for c in dict.fromkeys([a["concept"] for a in res.alerts] + res.concepts) if c in present]
+    n_all = len(concepts)
     concepts = concepts[:max_concepts]
     x_labels = res.windows
     xs = np.arange(len(x_labels))
@@ -94,7 +95,10 @@ def plot_drift(res: DriftResult, path, max_concepts: int = 8):
     ax_p.set_ylabel("prevalence\n(share of images)")
     ax_p.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
     ax_p.set_ylim(bottom=0)
-    ax_p.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9)
+    shown = (f"{len(concepts)} of {n_all} concepts\n(alerts first, then by "
+             f"{res.params.get('choose', 'change')})" if n_all > len(concepts) else None)
+    ax_p.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9, title=shown,
+                title_fontsize=8)
     thr = res.params.get("min_weight", 0)
     ax_p.set_title(f"Concept prevalence per {res.every} (weight > {thr:g}), 95% Wilson intervals; "
                    f"circles: alert vs reference {res.reference}", fontsize=10, loc="left")
@@ -102,7 +106,11 @@ def plot_drift(res: DriftResult, path, max_concepts: int = 8):
     has_ci = any(v is not None for v in t["mean_weight_low"])
     ax_w.set_title("Mean concept weight" + (", 95% intervals" if has_ci else ""), fontsize=10, loc="left")
     js = [res.js[w] for w in x_labels]
-    ax_j.bar(xs, js, color="#555555", width=0.6)
+    ax_j.bar(xs, js, color="#555555", width=0.6, label="divergence")
+    if res.js_null:
+        ax_j.plot(xs, [np.nan if w == res.reference else res.js_null.get(w, np.nan) for w in x_labels], "_", color="#d62728", ms=14, mew=2,
+                  label="no-drift level, same window size")
+        ax_j.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax_j.set_ylabel("JS div.\n(bits)")
     ax_j.set_title("Jensen-Shannon divergence of the concept distribution from the reference", fontsize=10,
                    loc="left")
@@ -123,7 +131,8 @@ def plot_spurious(res: SpuriousResult, path, max_labels: int = 6, per_label: int
     for r in rows:
         by.setdefault(r["label"], []).append(r)
     # labels with the strongest findings first
-    labels = sorted(by, key=lambda lab: -by[lab][0]["change"])[:max_labels]
+    labels_all = sorted(by, key=lambda lab: -by[lab][0]["change"])
+    labels = labels_all[:max_labels]
     extra = res.split_table is not None and res.split_table.num_rows > 0
     n_panels = max(len(labels), 1) + (1 if extra else 0)
     ncols = min(3, n_panels)
@@ -139,11 +148,13 @@ def plot_spurious(res: SpuriousResult, path, max_labels: int = 6, per_label: int
         ax.set_yticks(ys)
         ax.set_yticklabels([r["concept"] for r in rs], fontsize=9)
         for y, r in zip(ys, rs):
-            ax.text(r["prevalence"], y + 0.2, f" x{r['lift']:.1f}", va="center", fontsize=8)
+            ax.text(r["prevalence"], y + 0.2, f" x{r['ratio']:.1f}", va="center", fontsize=8)
         top_p = max([r["prevalence"] for r in rs] + [r["prevalence_other"] for r in rs] + [0.01])
         ax.set_xlim(0, min(1.12, max(0.2, top_p * 1.3)))
         ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
-        ax.set_title(f"{res.label_column} = {lab}  (n={res.label_counts.get(lab, '?')})", fontsize=10, loc="left")
+        more = f", {len(by[lab]) - per_label} more not shown" if len(by[lab]) > per_label else ""
+        ax.set_title(f"{res.label_column} = {lab}  (n={res.label_counts.get(lab, '?')}{more})", fontsize=10,
+                     loc="left")
         ax.legend(fontsize=8, frameon=False, loc="lower right")
         ax.spines[["top", "right"]].set_visible(False)
     if not labels:
@@ -164,8 +175,10 @@ def plot_spurious(res: SpuriousResult, path, max_labels: int = 6, per_label: int
         ax.spines[["top", "right"]].set_visible(False)
     for ax in flat[n_panels:]:
         ax.set_axis_off()
+    omitted = (f"; {len(labels)} of {len(labels_all)} labels with findings shown (strongest first), "
+               f"{len(res.labels) - len(labels_all)} without" if len(labels_all) > len(labels) else "")
     fig.suptitle("Concepts over-represented per label: share of images with the concept, label vs other labels "
-                 "(x = lift)", fontsize=11, x=0.01, ha="left")
+                 f"(x = the ratio of the two){omitted}", fontsize=11, x=0.01, ha="left")
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)

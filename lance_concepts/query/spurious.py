@@ -14,14 +14,21 @@ from ..records import to_records
 from ..threads import hot_path
 from .connection import check_column, connection_state, open_connection
 from .crosstab import concept_crosstab
-from .labels import LABEL_MATCH_THRESHOLD, label_name_concepts
+from .examples import ExampleSource, examples_html, label_concept_examples
+from .labels import LABEL_MATCH_THRESHOLD, label_name_rules
+from .findings import excluded_findings, under_represented
 from .plots import plot_spurious
 from .statistics import benjamini_hochberg, lift, npmi, proportion_test
 
 
 @dataclass
 class SpuriousResult:
-    """Concepts over-represented per label (and, with a split column, per-label split shifts)."""
+    """Concepts over- and under-represented per label, the concepts left out because they name the label
+    (with the rule that left each out), and with a split column, per-label split shifts.
+
+    ``ratio`` = prevalence / prevalence_other: the comparison printed ("89% vs 15%, x5.9"). ``lift`` =
+    prevalence / the concept's share of all images (label included), the classic association measure;
+    ``min_lift`` filters on it."""
 
     table: pa.Table
     label_column: str
@@ -33,39 +40,87 @@ class SpuriousResult:
     params: dict = field(default_factory=dict)
     split_table: pa.Table | None = None
     label_counts: dict = field(default_factory=dict)
+    under_table: pa.Table | None = None
+    excluded_table: pa.Table | None = None
+    source: ExampleSource | None = None
 
     def records(self) -> list[dict]:
         return to_records(self.combined())
 
+    def to_arrow(self) -> pa.Table:
+        return self.combined()
+
+    def to_pandas(self):
+        return self.combined().to_pandas()
+
     def combined(self) -> pa.Table:
-        """Over-represented rows (kind='over_represented') then split-shift rows (kind='split_shift'),
-        with one common set of columns (null where a statistic does not apply)."""
-        a = self.table
-        if self.split_table is None or self.split_table.num_rows == 0:
-            return a
-        b = self.split_table
-        cols = list(dict.fromkeys(a.column_names + b.column_names))
+        """Over-represented rows (kind='over_represented'), under-represented rows, split-shift rows
+        (kind='split_shift'), then the excluded concepts (kind='excluded', with ``excluded_by``), with one
+        common set of columns (null where a statistic does not apply)."""
+        parts = [t for t in (self.table, self.under_table, self.split_table, self.excluded_table)
+                 if t is not None and t.num_rows]
+        if not parts:
+            return self.table
+        cols, types = [], {}
+        for t in [self.table] + parts:
+            for f in t.schema:
+                if f.name not in types:
+                    cols.append(f.name)
+                    types[f.name] = f.type
+
         def widen(t):
             for c in cols:
                 if c not in t.column_names:
-                    typ = a.schema.field(c).type if c in a.column_names else b.schema.field(c).type
-                    t = t.append_column(c, pa.nulls(t.num_rows, typ))
-            return t.select(cols)
-        return pa.concat_tables([widen(a), widen(b)])
+                    t = t.append_column(c, pa.nulls(t.num_rows, types[c]))
+            return t.select(cols).cast(pa.schema([(c, types[c]) for c in cols]))
+        return pa.concat_tables([widen(t) for t in parts])
 
-    def summary(self, per_label: int = 3) -> str:
+    def examples(self, label, concept: str, n: int = 6) -> pa.Table:
+        """The images behind one finding: up to ``n`` with ``label`` and ``concept`` ('with concept',
+        strongest first) and up to ``n`` with the label without it ('without concept'); columns group,
+        id, uri, weight."""
+        if self.source is None:
+            raise InputError("this result does not know its table; run spurious(db, ...) again")
+        return label_concept_examples(self.source, label, concept, n=n)
+
+    def findings(self, n: int = 10) -> list[dict]:
+        """The strongest findings over all labels (largest |prevalence difference|), both directions."""
+        rows = self.table.to_pylist() + (self.under_table.to_pylist() if self.under_table is not None else [])
+        return sorted(rows, key=lambda r: -abs(r["change"]))[:n]
+
+    def summary(self, per_label: int = 3, max_labels: int = 20) -> str:
+        """Strongest findings first; per label only when there are few labels (or ``max_labels`` is raised)."""
         p = self.params
-        lines = [f"{self.n_images} images, {len(self.labels)} labels ({self.label_column}); over-represented = "
-                 f"one-sided test, BH q < {p.get('alpha')}, lift >= {p.get('min_lift')}, support >= "
-                 f"{p.get('min_support')} images; concepts naming the label excluded by {self.label_match}"]
-        by = {}
-        for r in self.table.to_pylist():
-            by.setdefault(r["label"], []).append(r)
-        for lab in self.labels:
-            rs = by.get(lab, [])
-            txt = ", ".join(f"{r['concept']} ({r['prevalence']:.0%} vs {r['prevalence_other']:.0%}, lift "
-                            f"{r['lift']:.1f})" for r in rs[:per_label]) or "-"
-            lines.append(f"  {lab}: {txt}")
+        lines = [f"{self.n_images} images, {len(self.labels)} labels ({self.label_column}). A finding reads "
+                 f"'concept: share of the label's images vs share of the other labels' images, ratio of the two'; "
+                 f"one-sided tests, BH q < {p.get('alpha')}, lift (vs all images) >= {p.get('min_lift')} (over) or "
+                 f"ratio <= 1/{p.get('min_lift')} (under), support >= {p.get('min_support')} images."]
+        over = self.table.to_pylist()
+        under = self.under_table.to_pylist() if self.under_table is not None else []
+        with_f = {r["label"] for r in over + under}
+        lines.append(f"{len(over)} over-represented (+), {len(under)} under-represented (-) findings in "
+                     f"{len(with_f)} of {len(self.labels)} labels; strongest:")
+        for r in self.findings(min(10, max(1, len(over) + len(under)))):
+            if over or under:
+                lines.append(f"  {r['label']}: {_finding_text(r)}")
+        if len(self.labels) <= max_labels:
+            by: dict = {}
+            for r in over + under:
+                by.setdefault(r["label"], []).append(r)
+            lines.append("per label:")
+            for lab in self.labels:
+                rs = by.get(lab, [])
+                if rs:
+                    rs = [r for r in rs if r["kind"] == "over_represented"][:per_label] + \
+                         [r for r in rs if r["kind"] == "under_represented"][:per_label]
+                    lines.append(f"  {lab}: " + "; ".join(_finding_text(r) for r in rs))
+            quiet = [str(lab) for lab in self.labels if lab not in with_f]
+            if quiet:
+                lines.append(f"  no finding: {', '.join(quiet)}")
+        else:
+            lines.append(f"(per-label lines left out for {len(self.labels)} labels: see the table, or "
+                         f"summary(max_labels={len(self.labels)}))")
+        lines.append(_excluded_text(self))
         if self.split_table is not None:
             lines.append(f"split shift ({self.split_column}): {self.split_table.num_rows} (label, concept, split) "
                          f"differences at q < {p.get('alpha')} and |change| >= {p.get('min_change')}")
@@ -74,8 +129,46 @@ class SpuriousResult:
                              f"{r['reference_split']} {r['reference_prevalence']:.0%} (q={r['q_value']:.2g})")
         return "\n".join(lines)
 
+    def _repr_html_(self) -> str:
+        return spurious_html(self)
+
     def plot(self, path, max_labels: int = 6, per_label: int = 6):
         return plot_spurious(self, path, max_labels=max_labels, per_label=per_label)
+
+
+def _finding_text(r) -> str:
+    sign = "+" if r["kind"] == "over_represented" else "-"
+    ratio = "x inf" if r["ratio"] == float("inf") else f"x{r['ratio']:.2g}"
+    return f"{sign}{r['concept']} ({r['prevalence']:.0%} vs {r['prevalence_other']:.0%}, {ratio})"
+
+
+def _excluded_text(res) -> str:
+    rows = res.excluded_table.to_pylist() if res.excluded_table is not None else []
+    head = f"left out as naming the label ({res.label_match}): {len(rows)} (label, concept) pairs seen in enough images"
+    if not rows:
+        return head
+    rows = sorted(rows, key=lambda r: (r["concept"] == str(r["label"]), -r["change"]))[:8]
+    return head + "; largest: " + "; ".join(f"{r['label']}: {r['concept']} ({r['prevalence']:.0%} vs "
+                                            f"{r['prevalence_other']:.0%}, by {r['excluded_by']})" for r in rows)
+
+
+def spurious_html(res, n_findings: int = 8, n_examples: int = 5, with_summary: bool = True) -> str:
+    """Summary plus, for the strongest findings, thumbnails with the concept next to without it."""
+    import html
+
+    rows = []
+    for r in res.findings(n_findings):
+        ex = ""
+        if res.source is not None:
+            try:
+                ex = examples_html(res.source, res.examples(r["label"], r["concept"], n=n_examples), size=64)
+            except InputError as exc:
+                ex = f"<small>no examples: {html.escape(str(exc))}</small>"
+        rows.append(f"<tr><td>{html.escape(str(r['label']))}</td><td>{html.escape(_finding_text(r))}</td>"
+                    f"<td>{ex}</td></tr>")
+    head = f"<pre>{html.escape(res.summary())}</pre>" if with_summary else ""
+    return (f"{head}<table><tr><th>label</th><th>finding</th>"
+            f"<th>examples</th></tr>{''.join(rows)}</table>")
 
 
 @hot_path()
@@ -126,11 +219,15 @@ def spurious(db, label_column: str = "label", split_column: str | None = None, *
             labels = list(ct.groups)
             n, present, wsum = ct.n.astype(float), ct.present.astype(float), ct.weight_sum
         if label_match == "none":
-            excluded, how = {lab: set() for lab in labels}, "nothing (label_match='none')"
+            rules, how = {lab: {} for lab in labels}, "nothing (label_match='none')"
         else:
-            excluded, how = label_name_concepts(con, labels, threshold=label_threshold, method=label_match)
+            rules, how = label_name_rules(con, labels, threshold=label_threshold, method=label_match)
+        excluded = {lab: set(r) for lab, r in rules.items()}
         tbl, counts = _over_represented(labels, n, present, wsum, st.names, excluded, min_support, min_lift, alpha,
                                         top)
+        under = under_represented(labels, n, present, st.names, min_support, min_lift, alpha, top,
+                                  naming=set().union(*excluded.values()) if excluded else ())
+        excluded_tbl = excluded_findings(labels, n, present, st.names, rules, min_support)
         split_tbl = None
         if split_column:
             split_tbl = _split_shift(ct, st.names, split_reference, min_support, min_change, alpha, top)
@@ -140,7 +237,9 @@ def spurious(db, label_column: str = "label", split_column: str | None = None, *
                               params={"min_weight": min_weight, "min_support": min_support, "min_lift": min_lift,
                                       "alpha": alpha, "top": top, "min_change": min_change,
                                       "tested_pairs": counts["tested"], "engine": ct.engine},
-                              split_table=split_tbl, label_counts={lab: int(x) for lab, x in zip(labels, n)})
+                              split_table=split_tbl, label_counts={lab: int(x) for lab, x in zip(labels, n)},
+                              under_table=under, excluded_table=excluded_tbl,
+                              source=ExampleSource.of(db, table, storage_options, min_weight, label_column))
     finally:
         if owned:
             con.close()
@@ -188,7 +287,7 @@ def _over_represented(labels, n, present, wsum, names, excluded, min_support, mi
     npm = np.full(len(a), np.nan)
     npm[idx] = npmi(a[idx], nl[idx], tot[ci[idx]], N)
     out = {k: [] for k in ("label", "concept", "rank", "n_label", "n_present", "prevalence", "prevalence_other",
-                           "change", "lift", "npmi", "mean_weight", "mean_weight_other", "p_value", "q_value")}
+                           "change", "ratio", "lift", "npmi", "mean_weight", "mean_weight_other", "p_value", "q_value")}
     per = {}
     wtot = wsum.sum(axis=0)
     for i in idx:
@@ -206,6 +305,7 @@ def _over_represented(labels, n, present, wsum, names, excluded, min_support, mi
         out["prevalence"].append(float(prev[i]))
         out["prevalence_other"].append(float(prev_o[i]))
         out["change"].append(float(delta[i]))
+        out["ratio"].append(float(prev[i] / prev_o[i]) if prev_o[i] > 0 else float("inf"))
         out["lift"].append(float(lf[i]))
         out["npmi"].append(float(npm[i]))
         out["mean_weight"].append(float(wsum[li[i], c] / nl[i]))
