@@ -32,6 +32,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import warnings
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +42,7 @@ import pyarrow as pa
 
 from ..concepts.names import ConceptNames, UnknownConceptError
 from ..errors import InputError
-from ..lake.store import companion_tables
+from ..lake.store import companion_tables, postings_current
 
 
 # ========================================================================================= helpers
@@ -76,6 +77,11 @@ class ConnectionState:
     has_postings: bool = False
     metadata: dict = field(default_factory=dict)
     last_error: Exception | None = None
+    stale_postings: bool = False
+
+
+class StalePostingsWarning(UserWarning):
+    """The postings table no longer matches the images table; queries read the images table instead."""
 
 
 def connection_state(con) -> ConnectionState:
@@ -159,9 +165,16 @@ def prepare(con, db, *, table: str = "images", materialize: bool = False, includ
                          "(run `lance-concepts ingest` with a vocabulary)")
     if threads:
         con.execute(f"SET threads = {int(threads)}")
+    stale = ptab in datasets and not postings_current(datasets[table], datasets[ptab])
+    if stale:  # postings that no longer describe the table must never answer: read the table itself
+        warnings.warn(StalePostingsWarning(
+            f"the concept postings ({ptab}) no longer describe {table!r} (rows changed since they were "
+            "written); answering from the images table (slower) until `lance-concepts repair`"), stacklevel=2)
+        datasets = {k: v for k, v in datasets.items() if k != ptab}
     aliases = {table: "images", ctab: "concepts", ptab: "image_concepts_raw"}
     st = ConnectionState(db=db, table=table, names=ConceptNames([], []), materialized=materialize,
-                    has_postings=ptab in datasets, metadata=table_metadata(datasets[table].schema))
+                    has_postings=ptab in datasets, metadata=table_metadata(datasets[table].schema),
+                    stale_postings=stale)
     for name, ds in datasets.items():
         src = f"_lc_src_{re.sub(r'[^0-9A-Za-z_]', '_', name)}"
         con.register(src, ds)

@@ -90,7 +90,12 @@ def _filter(con, names, thr, match, limit, columns) -> pa.Table:
     if not cols:
         return hits.rename_columns(["id"] + hits.column_names[1:])
     ds = st.sources.get("images")
-    if ds is not None and not st.materialized:
+    if hits.num_rows == 0:  # no answer is an answer: an empty table with the columns' own types
+        types = {f.name: f.type for f in run_query(con, "SELECT * FROM images LIMIT 0").schema}
+        joined = hits
+        for c in cols:
+            joined = joined.append_column(pa.field(c, types[c]), pa.array([], types[c]))
+    elif ds is not None and not st.materialized:
         import pyarrow.compute as pc
 
         # few ids: the BTREE index on images.id; many: one scan of the id column with the set as a
