@@ -4,6 +4,7 @@ Each module registers its commands on the :func:`main` group when imported; ``ma
 ``lance-concepts`` entry point.
 """
 from . import demo, falcon, ingest, reports, search, vocab  # noqa: F401  (register their commands)
+from . import repair  # noqa: F401,E402  (lance-concepts repair)
 from .group import main
 
 __all__ = ["main"]

@@ -43,7 +43,7 @@ import pyarrow as pa
 
 from ..errors import InputError
 from ..threads import hot_path
-from .store import ImageStore, data_fingerprint, derived_table_name
+from .store import ImageStore, check_db_writable, data_fingerprint, derived_table_name
 
 __all__ = ["rollup", "RollupSummary", "rollup_table_name", "load_crosstab", "is_current", "data_fingerprint",
            "MAX_GROUPS", "ROLLUP_FORMAT"]
@@ -214,6 +214,7 @@ def rollup(db, table: str = "images", columns: Sequence[str] | None = None, *, m
     store = ImageStore(db, table, storage_options)
     if not store.exists():
         raise InputError(f"no table {table!r} in {store.db_uri}")
+    check_db_writable(store.db_uri, "rebuild the rollup")
     ds = store.table.to_lance()
     fingerprint = data_fingerprint(ds)  # of exactly the version scanned below
     n_concepts = _concept_count(store)

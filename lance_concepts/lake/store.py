@@ -729,7 +729,7 @@ def postings_current(images_ds, postings_ds) -> bool:
 def mark_postings_current(images_ds, postings_ds) -> None:
     """Record that the postings describe the images table as it is now (callers know they do)."""
     mark = {"images": data_fingerprint(images_ds), "postings": data_fingerprint(postings_ds)}
-    postings_ds.update_schema_metadata({POSTINGS_OF_KEY: json.dumps(mark)})
+    postings_ds.update_schema_metadata({POSTINGS_OF_KEY.decode(): json.dumps(mark)})
 
 
 def compact_fragments(store: ImageStore, min_fragments: int = 16) -> None:
@@ -745,3 +745,18 @@ def compact_fragments(store: ImageStore, min_fragments: int = 16) -> None:
                 tbl.compact_files()
     store.refresh()
     store.mark_postings(was_current)
+
+
+def check_db_writable(db, what: str = "write") -> None:
+    """Refuse a read-only local database before any work: one clear line instead of a Lance IO
+    traceback after minutes of computing (object stores are checked by the write itself)."""
+    db = os.fspath(db)
+    if "://" in db and not db.startswith("file://"):
+        return
+    root = db[len("file://"):] if db.startswith("file://") else db
+    if not os.path.isdir(root):
+        return  # not there yet: the command itself says so
+    bad = [p for p in [root] + [os.path.join(root, n) for n in os.listdir(root) if n.endswith(".lance")]
+           if not os.access(p, os.W_OK)]
+    if bad:
+        raise InputError(f"cannot {what}: {bad[0]} is read-only (permission denied)")

@@ -78,6 +78,7 @@ class ConnectionState:
     metadata: dict = field(default_factory=dict)
     last_error: Exception | None = None
     stale_postings: bool = False
+    has_concepts: bool = True
 
 
 class StalePostingsWarning(UserWarning):
@@ -160,9 +161,6 @@ def prepare(con, db, *, table: str = "images", materialize: bool = False, includ
         have = ", ".join(sorted(datasets)) or "none"
         raise InputError(f"no table {table!r} in {db} (tables: {have})"
                          + (f"; did you mean {', '.join(near)}?" if near else ""))
-    if ctab not in datasets:
-        raise InputError(f"{db} has no {ctab!r} table: concepts have not been computed for {table!r} yet "
-                         "(run `lance-concepts ingest` with a vocabulary)")
     if threads:
         con.execute(f"SET threads = {int(threads)}")
     stale = ptab in datasets and not postings_current(datasets[table], datasets[ptab])
@@ -192,6 +190,9 @@ def prepare(con, db, *, table: str = "images", materialize: bool = False, includ
             con.execute(f"CREATE OR REPLACE VIEW {quote_ident(view)} AS SELECT * FROM {src}")
         if view != name and name not in ("images", "concepts", "image_concepts", "image_concepts_raw"):
             con.execute(f"CREATE OR REPLACE VIEW {quote_ident(name)} AS SELECT * FROM {quote_ident(view)}")
+    st.has_concepts = ctab in datasets
+    if not st.has_concepts:  # every row failed (or no vocabulary yet): SQL over images still answers
+        con.execute("CREATE OR REPLACE TABLE concepts (concept_id INTEGER, concept VARCHAR)")
     cn = con.execute("SELECT concept_id, concept FROM concepts ORDER BY concept_id").fetchnumpy()
     st.names = ConceptNames(cn["concept_id"], [str(x) for x in cn["concept"]])
     install_macros(con, st)
@@ -255,6 +256,15 @@ def install_macros(con, st: ConnectionState) -> None:
                     "SELECT id AS image_id, concept_weights[list_position(concept_ids, concept_id(name))] AS weight "
                     "FROM images WHERE list_contains(concept_ids, concept_id(name)) "
                     "AND concept_weights[list_position(concept_ids, concept_id(name))] > min_weight")
+
+
+def require_concepts(con) -> None:
+    """Refuse a concept question on a table that has no concepts yet (say why, not 'unknown concept')."""
+    st = connection_state(con)
+    if not st.has_concepts:
+        raise InputError(f"{st.db} has no concepts for {st.table!r} yet: no image was decomposed "
+                         "(every row failed, or it was ingested without a vocabulary); "
+                         "`lance-concepts sql \"SELECT status, error FROM images\"` shows why")
 
 
 def concept_names(con) -> ConceptNames:

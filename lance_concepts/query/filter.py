@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import InputError
-from .connection import as_list, check_column, connection_state, open_connection, quote_ident, run_query
+from .connection import as_list, require_concepts, check_column, connection_state, open_connection, quote_ident, run_query
 
 # ========================================================================================== filter
 #: Above this many matches, ``filter`` fetches the image rows with one filtered scan of ``images.id``
@@ -52,6 +52,7 @@ concept_filter = filter
 
 
 def _filter(con, names, thr, match, limit, columns) -> pa.Table:
+    require_concepts(con)
     st = connection_state(con)
     ids = [st.names.id(n) for n in names]
     seen = {}
