@@ -233,3 +233,91 @@ def test_read_only_database_is_refused_in_one_line(demo_db):
     finally:
         for p in paths:
             os.chmod(p, 0o755)
+
+
+# ------------------------------------------------------------------- item 10: one where-language
+def _synthetic():
+    rng = np.random.default_rng(7)
+    n = 200
+    ids, ws = [], []
+    for i in range(n):
+        k = int(rng.integers(0, 4))
+        c = sorted(rng.choice(5, size=k, replace=False).tolist())
+        ids.append(c if i % 17 else None)  # some rows without a decomposition (errors)
+        ws.append([float(np.float32(rng.uniform(0, 0.5))) for _ in c] if i % 17 else None)
+    return pa.table({
+        "id": [f"r{i}" for i in range(n)],
+        "group": rng.choice(["a", "b", "c"], n).tolist(),  # a SQL keyword as a column name
+        "split": rng.choice(["train", "test"], n).tolist(),
+        "day": pa.array((np.datetime64("2024-01-01") + rng.integers(0, 60, n)).astype("datetime64[D]"), pa.date32()),
+        "concept_ids": pa.array(ids, pa.list_(pa.int32())),
+        "concept_weights": pa.array(ws, pa.list_(pa.float32())),
+    })
+
+
+def _weight(r, c):
+    if r["concept_ids"] is None:
+        return None
+    return r["concept_weights"][r["concept_ids"].index(c)] if c in r["concept_ids"] else 0.0
+
+
+WHERE_CASES = [  # condition, reference predicate over a row (None = unknown: never matches)
+    ("split = 'test'", lambda r: r["split"] == "test"),
+    ('"group" = \'a\' OR "group" = \'c\'', lambda r: r["group"] in ("a", "c")),
+    ("concept('c1') > 0.2 AND split != 'train'",
+     lambda r: (_weight(r, 1) or 0) > np.float32(0.2) and r["split"] != "train"),
+    ("concept('c2') < 0.1", lambda r: None if _weight(r, 2) is None else _weight(r, 2) < np.float32(0.1)),
+    ("NOT concept('c0') AND day BETWEEN '2024-01-10' AND '2024-02-01'",
+     lambda r: not (_weight(r, 0) or 0) > 0 and _weight(r, 0) is not None
+     and "2024-01-10" <= str(r["day"]) <= "2024-02-01"),
+    ("split = $s", lambda r: r["split"] == "train"),
+]
+
+
+@pytest.mark.parametrize("cond,truth", WHERE_CASES, ids=[c for c, _ in WHERE_CASES])
+def test_where_language_compiles_to_bound_duckdb_sql(cond, truth):
+    import duckdb
+
+    from lance_concepts.retrieval.where import compile_where_sql, concept_resolver
+
+    t = _synthetic()
+    sql, bound = compile_where_sql(cond, t.schema, concept_resolver([f"c{i}" for i in range(5)]),
+                                   params={"s": "train"})
+    for v in ("test", "train", "'a'", "2024"):
+        assert v not in sql  # every value is a parameter, none is SQL text
+    con = duckdb.connect()
+    con.register("images", t)
+    got = {r[0] for r in con.execute(f"SELECT id FROM images WHERE {sql}", bound).fetchall()}
+    want = {r["id"] for r in t.to_pylist() if truth(r)}
+    assert got == want and 0 < len(want) < t.num_rows
+
+
+def test_where_injection_is_a_syntax_error_not_a_disabled_filter(demo_db):
+    import lance_concepts as lc
+    from lance_concepts.cli import main
+    from lance_concepts.errors import InputError
+
+    db = str(demo_db / "demo.lancedb")
+    for cmd in (["drift", "--time-column", "timestamp"], ["spurious", "--label-match", "string"]):
+        r = CliRunner().invoke(main, cmd + ["--db", db, "--where", "split = 'test') OR (1=1"])
+        assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    with pytest.raises(InputError):
+        lc.drift(db, where="split = 'test'; DROP TABLE images")
+
+
+def test_drift_where_counts_only_matching_rows(demo_db):
+    import lance_concepts as lc
+
+    db = str(demo_db / "demo.lancedb")
+    rows = _images(db).to_arrow().select(["split", "status"]).to_pylist()
+    n_test = sum(r["split"] == "test" and r["status"] == "ok" for r in rows)
+    n_all = sum(r["status"] == "ok" for r in rows)
+    assert 0 < n_test < n_all
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sub = lc.drift(db, "timestamp", where='"split" = \'test\'', min_support=1)
+        full = lc.drift(db, "timestamp", min_support=1)
+    n_col = [c for c in sub.table.column_names if c in ("n", "images", "n_images")][0]
+    per_window = lambda res: {w: n for w, n in zip(res.table.column("window").to_pylist(),
+                                                  res.table.column(n_col).to_pylist())}
+    assert sum(per_window(sub).values()) == n_test and sum(per_window(full).values()) == n_all

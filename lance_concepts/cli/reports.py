@@ -107,7 +107,7 @@ def filter_cmd(db, concepts, min_weight, match_any, limit, columns, plot, table,
 @click.option("--alpha", default=0.05, show_default=True, help="False discovery rate (Benjamini-Hochberg).")
 @click.option("--min-change", default=0.10, show_default=True, help="Alert only for |prevalence change| >= this.")
 @click.option("--min-support", default=10, show_default=True, help="Test concepts seen in at least N images.")
-@click.option("--where", default=None, help="Extra SQL condition on images (your own SQL).")
+@click.option("--where", default=None, help="Condition on images in the where-language of search, e.g. \"split = 'test' AND concept('sand') > 0.1\" (values are bound, never pasted into SQL).")
 @click.option("--weight-intervals", is_flag=True, help="Also 95% intervals of the mean weights (slower).")
 @click.option("--materialize", is_flag=True, help="Copy the tables into DuckDB first.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="PNG: curves with 95% intervals.")
@@ -148,7 +148,7 @@ def drift_cmd(db, time_column, every, concepts, top, reference, min_weight, alph
               show_default=True, help="How concepts that merely name the label are found and left out.")
 @click.option("--label-threshold", default=None, type=float,
               help="Centred text-embedding cosine for --label-match embedding/auto (default 0.6).")
-@click.option("--where", default=None, help="Extra SQL condition on images (your own SQL).")
+@click.option("--where", default=None, help="Condition on images in the where-language of search, e.g. \"split = 'test' AND concept('sand') > 0.1\" (values are bound, never pasted into SQL).")
 @click.option("--materialize", is_flag=True, help="Copy the tables into DuckDB first.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="PNG: per-label concept bars.")
 @TABLE_OPTION
