@@ -523,8 +523,8 @@ class ImageStore:
 
     # -- postings freshness ---------------------------------------------------------------------
     def postings_are_current(self) -> bool:
-        if self.postings_name not in table_names(self.conn):
-            return False
+        if self.postings_name not in table_names(self.conn):  # created with the first batch
+            return not self.exists() or self.count() == 0
         _latest(self.table)
         _latest(self.postings)
         return postings_current(self.table.to_lance(), self.postings.to_lance())
