@@ -321,3 +321,25 @@ def test_drift_where_counts_only_matching_rows(demo_db):
     per_window = lambda res: {w: n for w, n in zip(res.table.column("window").to_pylist(),
                                                   res.table.column(n_col).to_pylist())}
     assert sum(per_window(sub).values()) == n_test and sum(per_window(full).values()) == n_all
+
+
+# ------------------------------------------------------------------------------ item 13: small things
+def test_readme_duckdb_example_returns_a_table(demo_db):
+    import lance_concepts as lc
+
+    db = str(demo_db / "demo.lancedb")
+    con = lc.connect(db)
+    t = con.sql("SELECT * FROM concept_images('grass', 0.1)").fetch_arrow_table()  # as in README
+    assert t.num_rows == len(_truth(db, "grass", 0.1))
+    con.close()
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert ".arrow()\n" not in readme and ").arrow()" not in readme.replace(".arrow() is", "")
+
+
+def test_table_output_keeps_the_file_name_of_long_uris():
+    from lance_concepts.cli.output import format_table
+
+    uri = "s3://bucket/" + "/".join(f"folder{i}" for i in range(12)) + "/holiday_beach_0042.jpg"
+    text = format_table(pa.table({"uri": [uri]}))
+    cell = text.splitlines()[2]
+    assert len(cell) <= 60 and cell.endswith("holiday_beach_0042.jpg") and cell.startswith("s3://bucket/")

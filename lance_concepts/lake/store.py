@@ -750,6 +750,8 @@ def compact_fragments(store: ImageStore, min_fragments: int = 16) -> None:
 def check_db_writable(db, what: str = "write") -> None:
     """Refuse a read-only local database before any work: one clear line instead of a Lance IO
     traceback after minutes of computing (object stores are checked by the write itself)."""
+    if not isinstance(db, (str, os.PathLike)):
+        return  # an open connection: its writes report for themselves
     db = os.fspath(db)
     if "://" in db and not db.startswith("file://"):
         return
