@@ -343,3 +343,31 @@ def test_table_output_keeps_the_file_name_of_long_uris():
     text = format_table(pa.table({"uri": [uri]}))
     cell = text.splitlines()[2]
     assert len(cell) <= 60 and cell.endswith("holiday_beach_0042.jpg") and cell.startswith("s3://bucket/")
+
+
+# ---------------------------------------------------------------- item 11: plain LanceDB on the demo
+def test_plain_lancedb_search_on_a_fresh_demo_db(tmp_path):
+    pytest.importorskip("lancedb")
+    try:
+        from lance_concepts.models.encoder import load_encoder
+
+        load_encoder("demo")
+    except Exception as exc:
+        pytest.skip(f"demo model not available: {exc}")
+    import lancedb
+
+    db = tmp_path / "demo.lancedb"
+    from lance_concepts.demo.job import demo
+
+    demo(str(db), n_images=40, data_dir=tmp_path / "data", quiet=True)
+    tbl = lancedb.connect(str(db)).open_table("images")
+    hits = tbl.search("a red circle", vector_column_name="embedding").limit(5).to_arrow()  # as in README
+    assert hits.num_rows == 5
+    rows = tbl.to_arrow().filter(pa.compute.equal(tbl.to_arrow().column("status"), "ok"))
+    A = np.stack(rows.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float64)
+    assert np.ptp(np.linalg.norm(A, axis=1)) > 1e-3  # not unit-length: L2 and cosine rankings differ
+    q = A[7] * 3.0  # a scaled copy: cosine ranks row 7 first at distance 0, L2 would not
+    got = tbl.search(q.astype(np.float32), vector_column_name="embedding").limit(10).to_arrow()
+    cos = (A / np.linalg.norm(A, axis=1, keepdims=True)) @ (q / np.linalg.norm(q))
+    want = [rows.column("id")[int(i)].as_py() for i in np.argsort(-cos)[:10]]
+    assert got.column("id").to_pylist() == want
