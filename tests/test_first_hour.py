@@ -371,3 +371,57 @@ def test_plain_lancedb_search_on_a_fresh_demo_db(tmp_path):
     cos = (A / np.linalg.norm(A, axis=1, keepdims=True)) @ (q / np.linalg.norm(q))
     want = [rows.column("id")[int(i)].as_py() for i in np.argsort(-cos)[:10]]
     assert got.column("id").to_pylist() == want
+
+
+# ------------------------------------------------------------------------------- item 12: start-up
+PROBE = """
+import sys
+from lance_concepts.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as e:
+    assert not e.code, e.code
+print("TORCH", "torch" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("argv", [["search", "a red circle"], ["spurious", "--label-column", "label"]],
+                         ids=["search", "spurious"])
+def test_repeated_text_commands_do_not_import_torch(demo_db, tmp_path, argv):
+    import subprocess
+    import sys
+
+    db = str(demo_db / "demo.lancedb")
+    env = {**os.environ, "LANCE_CONCEPTS_CACHE": str(tmp_path / "cache"),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    runs = [subprocess.run([sys.executable, "-c", PROBE] + argv + ["--db", db], capture_output=True, text=True,
+                           env=env, timeout=300) for _ in range(2)]
+    for r in runs:
+        assert r.returncode == 0, r.stderr[-2000:]
+    first, second = (r.stdout.strip().splitlines()[-1] for r in runs)
+    assert first == "TORCH True"  # the first call embeds the text with the model
+    assert second == "TORCH False"  # the second reads the cached vectors
+    body = lambda r: [ln for ln in r.stdout.splitlines() if "plan" not in ln and not ln.startswith("TORCH")]
+    assert body(runs[0]) == body(runs[1])  # same answer from the cache
+
+
+def test_text_cache_refuses_other_weights(tmp_path, monkeypatch):
+    from lance_concepts.models.text_cache import cached_text_embeddings
+
+    monkeypatch.setenv("LANCE_CONCEPTS_CACHE", str(tmp_path))
+
+    class Enc:
+        def __init__(self, fp, scale):
+            self.fingerprint, self.scale, self.calls = fp, scale, 0
+
+        def encode_text(self, texts):
+            self.calls += 1
+            return np.array([[len(t) * self.scale, 1.0] for t in texts], np.float32)
+
+    a, b = Enc("fp-a", 1.0), Enc("fp-b", 2.0)
+    va = cached_text_embeddings("fp-a", ["dog", "a cat"], lambda: a)
+    assert cached_text_embeddings("fp-a", ["a cat", "dog"], lambda: pytest.fail("cached")).tolist() == va[::-1].tolist()
+    vb = cached_text_embeddings("fp-b", ["dog"], lambda: b)  # other weights: computed, not read
+    assert vb[0, 0] == 6.0 and b.calls == 1
+    with pytest.raises(ValueError):
+        cached_text_embeddings("fp-c", ["dog"], lambda: a)  # an encoder with other weights may not fill it
