@@ -30,6 +30,7 @@ _EXPORTS = {
     "SpliceDecomposer": "concepts.splice", "decompose": "concepts.splice",
     "FalconExplainer": "concepts.falcon",
     "ingest": "lake.ingest", "decompose_table": "lake.decompose", "rollup": "lake.rollup",
+    "repair": "lake.repair",
     "falcon": "lake.features",
     "connect": "query.connection", "prepare": "query.connection", "sql": "query.named",
     "filter": "query.filter", "drift": "query.drift", "spurious": "query.spurious", "report": "query.html",

@@ -131,7 +131,11 @@ def write_world(db, rows, *, postings: bool = True, dim: int = 16, seed: int = 0
     if postings:
         pt = pa.table({"image_id": pa.array(post["image_id"]), "concept_id": pa.array(post["concept_id"], pa.int32()),
                        "weight": pa.array(post["weight"], pa.float32())}).replace_schema_metadata(md)
-        conn.create_table(ptab, pt, mode="overwrite")
+        ptbl = conn.create_table(ptab, pt, mode="overwrite")
+        from lance_concepts.lake.store import mark_postings_current
+
+        # written together from the same rows: the postings describe this images table
+        mark_postings_current(conn.open_table(table).to_lance(), ptbl.to_lance())
     return db
 
 

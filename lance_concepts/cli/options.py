@@ -74,3 +74,25 @@ def split_names(values):
     for v in values or ():
         out += [s for s in (x.strip() for x in v.split(",")) if s] if "," in v and not v.startswith("=") else [v]
     return out
+
+
+def check_writable(**paths) -> None:
+    """Refuse an output path that cannot be written BEFORE the work (a plot after a minute-long report
+    must not fail with a traceback). Keyword: the option's name without dashes, value: the path or None."""
+    import os
+    from pathlib import Path
+
+    from ..errors import InputError
+
+    for option, path in paths.items():
+        if not path:
+            continue
+        p = Path(path)
+        parent = p.parent if str(p.parent) else Path(".")
+        flag = "--" + option.replace("_", "-")
+        if p.is_dir():
+            raise InputError(f"{flag} {path}: is a directory, give a file name")
+        if not parent.is_dir():
+            raise InputError(f"{flag} {path}: the folder {parent} does not exist")
+        if not os.access(p if p.exists() else parent, os.W_OK):
+            raise InputError(f"{flag} {path}: not writable (permission denied)")

@@ -26,7 +26,7 @@ def format_table(table: pa.Table, max_rows: int | None = None, max_width: int = 
             v = r[c]
             s = format_cell(v)
             if len(s) > max_width:
-                s = s[: max_width - 1] + "…"
+                s = shorten(s, max_width)
             cells.append(s)
         rows.append(cells)
     widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(cols)]
@@ -37,6 +37,16 @@ def format_table(table: pa.Table, max_rows: int | None = None, max_width: int = 
     if max_rows is not None and table.num_rows > max_rows:
         out.append(f"... {table.num_rows - max_rows} more rows")
     return "\n".join(out)
+
+
+def shorten(text: str, width: int) -> str:
+    """Cut the middle, not the end: of a long uri the file name (the end) is what a reader needs."""
+    if len(text) <= width:
+        return text
+    name = text.rsplit("/", 1)[-1]
+    tail = min(len(name) + (1 if len(name) < len(text) else 0), width - 1 - max(width // 4, 1))
+    tail = max(tail, (width - 1) // 2)
+    return text[: width - 1 - tail] + "…" + text[len(text) - tail:]
 
 
 FORMATS = ("table", "csv", "json", "parquet")

@@ -11,6 +11,7 @@ from .options import (
     OUTPUT_OPTION,
     STORAGE_OPTION,
     TABLE_OPTION,
+    check_writable,
     emit,
     parse_storage_options,
     split_names,
@@ -58,6 +59,7 @@ def sql_cmd(db, query, file, params, materialize, list_queries, table, fmt, outp
             raise click.BadParameter(f"expected NAME=VALUE, got {p!r}", param_hint="--param")
         k, v = p.split("=", 1)
         bound[k.strip()] = v
+    check_writable(output=output)
     result = run_sql(db, query, file=file, params=bound, materialize=materialize, table=table,
                      storage_options=parse_storage_options(storage_options))
     emit(result, fmt, output)
@@ -82,10 +84,11 @@ def filter_cmd(db, concepts, min_weight, match_any, limit, columns, plot, table,
     from ..query.filter import filter as run_filter
     from ..query.plots import plot_filter
 
+    check_writable(plot=plot, output=output)
     cols = [c.strip() for c in columns.split(",") if c.strip()]
     result = run_filter(db, list(concepts), list(min_weight), match="any" if match_any else "all", limit=limit,
                         columns=cols, table=table, storage_options=parse_storage_options(storage_options))
-    emit(result, fmt, output)
+    emit(result, fmt, output, f"{result.num_rows} image{'' if result.num_rows == 1 else 's'}")
     if plot:
         plot_filter(db, list(concepts), list(min_weight), plot, table=table,
                     storage_options=parse_storage_options(storage_options))
@@ -104,7 +107,7 @@ def filter_cmd(db, concepts, min_weight, match_any, limit, columns, plot, table,
 @click.option("--alpha", default=0.05, show_default=True, help="False discovery rate (Benjamini-Hochberg).")
 @click.option("--min-change", default=0.10, show_default=True, help="Alert only for |prevalence change| >= this.")
 @click.option("--min-support", default=10, show_default=True, help="Test concepts seen in at least N images.")
-@click.option("--where", default=None, help="Extra SQL condition on images (your own SQL).")
+@click.option("--where", default=None, help="Condition on images in the where-language of search, e.g. \"split = 'test' AND concept('sand') > 0.1\" (values are bound, never pasted into SQL).")
 @click.option("--weight-intervals", is_flag=True, help="Also 95% intervals of the mean weights (slower).")
 @click.option("--materialize", is_flag=True, help="Copy the tables into DuckDB first.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="PNG: curves with 95% intervals.")
@@ -123,6 +126,7 @@ def drift_cmd(db, time_column, every, concepts, top, reference, min_weight, alph
     Jensen-Shannon divergence of each window's concept distribution from the reference."""
     from ..query.drift import drift
 
+    check_writable(plot=plot, output=output)
     res = drift(db, time_column, every, concepts=split_names(concepts) or None, top=top, reference=reference,
                 min_weight=min_weight, alpha=alpha, min_change=min_change, min_support=min_support, where=where,
                 weight_intervals=weight_intervals or bool(plot), materialize=materialize, table=table,
@@ -148,7 +152,7 @@ def drift_cmd(db, time_column, every, concepts, top, reference, min_weight, alph
               show_default=True, help="How concepts that merely name the label are found and left out.")
 @click.option("--label-threshold", default=None, type=float,
               help="Centred text-embedding cosine for --label-match embedding/auto (default 0.6).")
-@click.option("--where", default=None, help="Extra SQL condition on images (your own SQL).")
+@click.option("--where", default=None, help="Condition on images in the where-language of search, e.g. \"split = 'test' AND concept('sand') > 0.1\" (values are bound, never pasted into SQL).")
 @click.option("--materialize", is_flag=True, help="Copy the tables into DuckDB first.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="PNG: per-label concept bars.")
 @click.option("--max-labels", default=20, show_default=True,
@@ -166,6 +170,7 @@ def spurious_cmd(db, label_column, split_column, split_reference, min_weight, mi
     from ..query.labels import LABEL_MATCH_THRESHOLD
     from ..query.spurious import spurious
 
+    check_writable(plot=plot, output=output)
     res = spurious(db, label_column, split_column, min_weight=min_weight, min_support=min_support,
                    min_lift=min_lift, alpha=alpha, top=top, min_change=min_change, split_reference=split_reference,
                    label_match=label_match,
@@ -198,6 +203,7 @@ def report_cmd(db, html, time_column, every, label_column, split_column, top, mi
     """One self-contained HTML page: summary, drift and spurious-correlation sections with figures."""
     from ..query.html import report
 
+    check_writable(html=html)
     path = report(db, html, time_column=time_column, every=every, label_column=label_column,
                   split_column=split_column, top=top, min_weight=min_weight, label_match=label_match,
                   materialize=not no_materialize, table=table, storage_options=parse_storage_options(storage_options))

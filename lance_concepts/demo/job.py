@@ -53,12 +53,23 @@ def demo(db: str = "demo.lancedb", n_images: int = 600, data_dir=None, seed: int
     say(f"ingesting {manifest} into {db} with the demo model ...")
     result.ingest_summary = ingest(str(manifest), str(db), model="demo", vocab="demo", quiet=quiet)
     result.add("ingest", str(result.ingest_summary))
+    make_searchable(db, say)
     truth = demo_world.read_manifest(manifest)
     _filter_section(result, db, truth)
     _drift_section(result, db, manifest)
     _spurious_section(result, db, truth)
     _figures(result, db, data_dir.parent)
     return result
+
+
+def make_searchable(db, say: Callable[[str], None] = lambda s: None) -> None:
+    """Index the demo table, so that the README's plain-LanceDB ``tbl.search("a red circle")`` works on
+    a fresh demo database: the index records the model (LanceDB embeds the text) and the cosine metric
+    (LanceDB ranks by cosine; the stored CLIP embeddings are not unit-length)."""
+    from ..retrieval.index import index
+
+    say(f"indexing {db} (vector search from plain LanceDB) ...")
+    index(str(db))
 
 
 def _figures(result: DemoResult, db, out_dir: Path) -> None:

@@ -33,7 +33,6 @@ with ``min_weight > 0`` or a ``where`` condition scan the images table.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ import pyarrow as pa
 
 from ..errors import InputError
 from ..threads import hot_path
-from .store import ImageStore, derived_table_name
+from .store import ImageStore, check_db_writable, data_fingerprint, derived_table_name
 
 __all__ = ["rollup", "RollupSummary", "rollup_table_name", "load_crosstab", "is_current", "data_fingerprint",
            "MAX_GROUPS", "ROLLUP_FORMAT"]
@@ -81,18 +80,6 @@ class RollupSummary:
 
 
 # ----------------------------------------------------------------------------------------- fingerprint
-def data_fingerprint(ds) -> str:
-    """A digest of the Lance dataset's data fragments: it changes with every write that adds, changes
-    or deletes rows, and not with index builds or schema-metadata updates."""
-    h = hashlib.sha256()
-    for f in ds.get_fragments():
-        m = f.metadata
-        h.update(json.dumps({"id": m.id, "rows": m.physical_rows,
-                             "files": sorted(d.path for d in m.files),
-                             "deletion": str(m.deletion_file)}, sort_keys=True).encode())
-    return h.hexdigest()[:32]
-
-
 # ------------------------------------------------------------------------------------------ building
 def _is_temporal(t: pa.DataType) -> bool:
     return pa.types.is_timestamp(t) or pa.types.is_date(t)
@@ -227,6 +214,7 @@ def rollup(db, table: str = "images", columns: Sequence[str] | None = None, *, m
     store = ImageStore(db, table, storage_options)
     if not store.exists():
         raise InputError(f"no table {table!r} in {store.db_uri}")
+    check_db_writable(store.db_uri, "rebuild the rollup")
     ds = store.table.to_lance()
     fingerprint = data_fingerprint(ds)  # of exactly the version scanned below
     n_concepts = _concept_count(store)

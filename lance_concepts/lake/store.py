@@ -526,6 +526,22 @@ class ImageStore:
             found.update(ds.to_table(columns=["id"], filter=f"id IN ({lits})").column("id").to_pylist())
         return found
 
+    # -- postings freshness ---------------------------------------------------------------------
+    def postings_are_current(self) -> bool:
+        if self.postings_name not in table_names(self.conn):  # created with the first batch
+            return not self.exists() or self.count() == 0
+        _latest(self.table)
+        _latest(self.postings)
+        return postings_current(self.table.to_lance(), self.postings.to_lance())
+
+    def mark_postings(self, was_current: bool = True) -> None:
+        """Mark the postings current after a write that kept them in step (only if they were before)."""
+        if was_current and self.postings_name in table_names(self.conn):
+            _latest(self.table)
+            _latest(self.postings)
+            with_retries(lambda: mark_postings_current(self.table.to_lance(), self.postings.to_lance()),
+                         f"mark {self.postings_name}")
+
     # -- writes ---------------------------------------------------------------------------------
     def write_batch(self, rows: pa.Table, postings: pa.Table | None = None, *, retry_errors: bool = False) -> dict:
         """Commit one batch exactly once: postings first (upsert), then the image rows (merge on id).
@@ -539,6 +555,7 @@ class ImageStore:
         if len(pa.compute.unique(ids)) != rows.num_rows:
             raise InputError("a write batch has duplicate ids")
         with self.write_lock():
+            was_current = self.postings_are_current()
             if postings is not None and postings.num_rows:
                 p = postings.select(["image_id", "concept_id", "weight"]).cast(postings_schema())
                 ptbl = self.postings
@@ -565,6 +582,7 @@ class ImageStore:
 
             res = with_retries(merge_rows, f"write rows to {self.name}")
             _latest(tbl)
+            self.mark_postings(was_current)
         return {"inserted": int(_stat(res, "num_inserted_rows")), "updated": int(_stat(res, "num_updated_rows"))}
 
     def dedupe(self, postings: bool = False) -> int:
@@ -572,6 +590,7 @@ class ImageStore:
         (image_id, concept_id) postings. Returns the number of rows removed."""
         removed = 0
         with self.write_lock():
+            was_current = postings and self.postings_are_current()
             _latest(self.table)
             ds = self.table.to_lance()
             t = ds.to_table(columns=["id", "status"], with_row_id=True)
@@ -581,6 +600,7 @@ class ImageStore:
                 pds = self.postings.to_lance()
                 pt = pds.to_table(columns=["image_id", "concept_id"], with_row_id=True)
                 removed += _delete_duplicates(pds, pt, ["image_id", "concept_id"])
+            self.mark_postings(was_current)
         self.refresh()
         return removed
 
@@ -622,6 +642,7 @@ class ImageStore:
         reader = pa.RecordBatchReader.from_batches(schema, gen())
         tbl = self.conn.create_table(self.postings_name, reader, mode="overwrite")  # a stream: no retry
         self._postings = tbl
+        self.mark_postings()  # rebuilt from the images table as it is now (decompose, repair)
         return int(tbl.count_rows())
 
     def update_concept_columns(self, batches: Iterable[pa.Table]) -> int:
@@ -679,7 +700,45 @@ class ImageStore:
         return built
 
 
+# ------------------------------------------------------------------------------- postings freshness
+#: Schema-metadata key of the postings table: the fingerprints of the images table and of the
+#: postings themselves when they were last known to describe each other.
+POSTINGS_OF_KEY = b"lance_concepts_postings_of"
+
+
+def data_fingerprint(ds) -> str:
+    """A digest of the Lance dataset's data fragments: it changes with every write that adds, changes
+    or deletes rows, and not with index builds or schema-metadata updates."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in ds.get_fragments():
+        m = f.metadata
+        h.update(json.dumps({"id": m.id, "rows": m.physical_rows,
+                             "files": sorted(d.path for d in m.files),
+                             "deletion": str(m.deletion_file)}, sort_keys=True).encode())
+    return h.hexdigest()[:32]
+
+
+def postings_current(images_ds, postings_ds) -> bool:
+    """Whether the postings still describe the images table: a delete or update done in plain LanceDB
+    (or an interrupted write) changes the images fingerprint, and the postings would then answer
+    for rows that are gone, so readers fall back to the images table until ``repair``."""
+    raw = (postings_ds.schema.metadata or {}).get(POSTINGS_OF_KEY)
+    if raw is None:  # never marked: only two empty tables are trivially consistent
+        return postings_ds.count_rows() == 0 and images_ds.count_rows() == 0
+    mark = json.loads(raw)
+    return mark.get("images") == data_fingerprint(images_ds) and mark.get("postings") == data_fingerprint(postings_ds)
+
+
+def mark_postings_current(images_ds, postings_ds) -> None:
+    """Record that the postings describe the images table as it is now (callers know they do)."""
+    mark = {"images": data_fingerprint(images_ds), "postings": data_fingerprint(postings_ds)}
+    postings_ds.update_schema_metadata({POSTINGS_OF_KEY.decode(): json.dumps(mark)})
+
+
 def compact_fragments(store: ImageStore, min_fragments: int = 16) -> None:
+    was_current = store.postings_are_current()
     for tbl in (store.table, store.postings):
         try:
             nfrag = len(tbl.to_lance().get_fragments())
@@ -690,3 +749,21 @@ def compact_fragments(store: ImageStore, min_fragments: int = 16) -> None:
                 warnings.simplefilter("ignore")
                 tbl.compact_files()
     store.refresh()
+    store.mark_postings(was_current)
+
+
+def check_db_writable(db, what: str = "write") -> None:
+    """Refuse a read-only local database before any work: one clear line instead of a Lance IO
+    traceback after minutes of computing (object stores are checked by the write itself)."""
+    if not isinstance(db, (str, os.PathLike)):
+        return  # an open connection: its writes report for themselves
+    db = os.fspath(db)
+    if "://" in db and not db.startswith("file://"):
+        return
+    root = db[len("file://"):] if db.startswith("file://") else db
+    if not os.path.isdir(root):
+        return  # not there yet: the command itself says so
+    bad = [p for p in [root] + [os.path.join(root, n) for n in os.listdir(root) if n.endswith(".lance")]
+           if not os.access(p, os.W_OK)]
+    if bad:
+        raise InputError(f"cannot {what}: {bad[0]} is read-only (permission denied)")

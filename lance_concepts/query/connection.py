@@ -32,6 +32,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import warnings
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +42,7 @@ import pyarrow as pa
 
 from ..concepts.names import ConceptNames, UnknownConceptError
 from ..errors import InputError
-from ..lake.store import companion_tables
+from ..lake.store import companion_tables, postings_current
 
 
 # ========================================================================================= helpers
@@ -76,6 +77,12 @@ class ConnectionState:
     has_postings: bool = False
     metadata: dict = field(default_factory=dict)
     last_error: Exception | None = None
+    stale_postings: bool = False
+    has_concepts: bool = True
+
+
+class StalePostingsWarning(UserWarning):
+    """The postings table no longer matches the images table; queries read the images table instead."""
 
 
 def connection_state(con) -> ConnectionState:
@@ -154,14 +161,18 @@ def prepare(con, db, *, table: str = "images", materialize: bool = False, includ
         have = ", ".join(sorted(datasets)) or "none"
         raise InputError(f"no table {table!r} in {db} (tables: {have})"
                          + (f"; did you mean {', '.join(near)}?" if near else ""))
-    if ctab not in datasets:
-        raise InputError(f"{db} has no {ctab!r} table: concepts have not been computed for {table!r} yet "
-                         "(run `lance-concepts ingest` with a vocabulary)")
     if threads:
         con.execute(f"SET threads = {int(threads)}")
+    stale = ptab in datasets and not postings_current(datasets[table], datasets[ptab])
+    if stale:  # postings that no longer describe the table must never answer: read the table itself
+        warnings.warn(StalePostingsWarning(
+            f"the concept postings ({ptab}) no longer describe {table!r} (rows changed since they were "
+            "written); answering from the images table (slower) until `lance-concepts repair`"), stacklevel=2)
+        datasets = {k: v for k, v in datasets.items() if k != ptab}
     aliases = {table: "images", ctab: "concepts", ptab: "image_concepts_raw"}
     st = ConnectionState(db=db, table=table, names=ConceptNames([], []), materialized=materialize,
-                    has_postings=ptab in datasets, metadata=table_metadata(datasets[table].schema))
+                    has_postings=ptab in datasets, metadata=table_metadata(datasets[table].schema),
+                    stale_postings=stale)
     for name, ds in datasets.items():
         src = f"_lc_src_{re.sub(r'[^0-9A-Za-z_]', '_', name)}"
         con.register(src, ds)
@@ -179,6 +190,9 @@ def prepare(con, db, *, table: str = "images", materialize: bool = False, includ
             con.execute(f"CREATE OR REPLACE VIEW {quote_ident(view)} AS SELECT * FROM {src}")
         if view != name and name not in ("images", "concepts", "image_concepts", "image_concepts_raw"):
             con.execute(f"CREATE OR REPLACE VIEW {quote_ident(name)} AS SELECT * FROM {quote_ident(view)}")
+    st.has_concepts = ctab in datasets
+    if not st.has_concepts:  # every row failed (or no vocabulary yet): SQL over images still answers
+        con.execute("CREATE OR REPLACE TABLE concepts (concept_id INTEGER, concept VARCHAR)")
     cn = con.execute("SELECT concept_id, concept FROM concepts ORDER BY concept_id").fetchnumpy()
     st.names = ConceptNames(cn["concept_id"], [str(x) for x in cn["concept"]])
     install_macros(con, st)
@@ -242,6 +256,15 @@ def install_macros(con, st: ConnectionState) -> None:
                     "SELECT id AS image_id, concept_weights[list_position(concept_ids, concept_id(name))] AS weight "
                     "FROM images WHERE list_contains(concept_ids, concept_id(name)) "
                     "AND concept_weights[list_position(concept_ids, concept_id(name))] > min_weight")
+
+
+def require_concepts(con) -> None:
+    """Refuse a concept question on a table that has no concepts yet (say why, not 'unknown concept')."""
+    st = connection_state(con)
+    if not st.has_concepts:
+        raise InputError(f"{st.db} has no concepts for {st.table!r} yet: no image was decomposed "
+                         "(every row failed, or it was ingested without a vocabulary); "
+                         "`lance-concepts sql \"SELECT status, error FROM images\"` shows why")
 
 
 def concept_names(con) -> ConceptNames:

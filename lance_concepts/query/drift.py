@@ -14,6 +14,7 @@ from ..errors import InputError
 from ..lake.aggregates import WINDOWS
 from ..records import to_records
 from ..threads import hot_path
+from .conditions import where_condition
 from .connection import as_list, check_column, connection_state, open_connection
 from .crosstab import concept_crosstab
 from .drift_null import by_change, js_null, window_bounds
@@ -164,7 +165,7 @@ def drift(db, time_column: str = "timestamp", every: str = "month", *, concepts:
     q < ``alpha``) and that has a window at q < ``alpha`` against the reference with a prevalence change
     of at least ``min_change`` (absolute). ``rising`` / ``falling``:
     the ``n_trend`` concepts whose prevalence changed most between the reference and the last window.
-    ``where``: optional SQL condition on ``images`` (with ``$name`` parameters in ``params``).
+    ``where``: optional condition on ``images`` in the where-language of search (``$name`` values from ``params``).
     ``weight_intervals``: also the 95% intervals of the mean weights (one more sum per posting: about
     a third slower at a million images; the columns are null without it).
     ``choose``: without ``concepts``, tabulate the ``top`` concepts that changed most ('change', the
@@ -182,6 +183,7 @@ def drift(db, time_column: str = "timestamp", every: str = "month", *, concepts:
         if choose not in ("change", "prevalence"):
             raise InputError(f"choose must be 'change' or 'prevalence'; got {choose!r}")
         chosen = [st.names.id(c) for c in as_list(concepts)]
+        where, params = where_condition(con, where, params)  # the where-language, values bound
         ct = concept_crosstab(con, time_column, every=every, where=where, params=params,
                                    min_weight=min_weight, second_moment=weight_intervals, engine=engine)
         if not ct.groups:

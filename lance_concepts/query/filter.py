@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import InputError
-from .connection import as_list, check_column, connection_state, open_connection, quote_ident, run_query
+from .connection import as_list, require_concepts, check_column, connection_state, open_connection, quote_ident, run_query
 
 # ========================================================================================== filter
 #: Above this many matches, ``filter`` fetches the image rows with one filtered scan of ``images.id``
@@ -52,6 +52,7 @@ concept_filter = filter
 
 
 def _filter(con, names, thr, match, limit, columns) -> pa.Table:
+    require_concepts(con)
     st = connection_state(con)
     ids = [st.names.id(n) for n in names]
     seen = {}
@@ -90,7 +91,12 @@ def _filter(con, names, thr, match, limit, columns) -> pa.Table:
     if not cols:
         return hits.rename_columns(["id"] + hits.column_names[1:])
     ds = st.sources.get("images")
-    if ds is not None and not st.materialized:
+    if hits.num_rows == 0:  # no answer is an answer: an empty table with the columns' own types
+        types = {f.name: f.type for f in run_query(con, "SELECT * FROM images LIMIT 0").schema}
+        joined = hits
+        for c in cols:
+            joined = joined.append_column(pa.field(c, types[c]), pa.array([], types[c]))
+    elif ds is not None and not st.materialized:
         import pyarrow.compute as pc
 
         # few ids: the BTREE index on images.id; many: one scan of the id column with the set as a

@@ -138,6 +138,10 @@ def concept_matrix(con):
     return E, ids
 
 
+class _Unavailable(Exception):
+    """The table's model cannot embed the labels here (the reason is the message)."""
+
+
 def label_embeddings(con, labels: list[str]):
     """(embeddings, description) of the label texts with the table's encoder, or (None, reason)."""
     st = connection_state(con)
@@ -145,19 +149,30 @@ def label_embeddings(con, labels: list[str]):
     model = meta.get("model_name")
     if not model:
         return None, "the table records no model"
-    try:
-        from ..models.encoder import load_encoder
-
-        enc = load_encoder(model, meta.get("pretrained"))
-    except Exception as exc:  # WeightsUnavailableError, unknown architecture, no network, ...
-        return None, f"model {model!r} not loadable: {str(exc).splitlines()[0][:160]}"
     fp = meta.get("model_fingerprint")
-    if fp and getattr(enc, "fingerprint", fp) != fp:
-        return None, f"model {model!r} loads with another fingerprint than the table's"
     tpl = meta.get("prompt_template")
     texts = [tpl.format(t) if tpl else t for t in labels]
+
+    def load():
+        from ..models.encoder import load_encoder
+
+        try:
+            enc = load_encoder(model, meta.get("pretrained"))
+        except Exception as exc:  # WeightsUnavailableError, unknown architecture, no network, ...
+            raise _Unavailable(f"model {model!r} not loadable: {str(exc).splitlines()[0][:160]}") from None
+        if fp and getattr(enc, "fingerprint", fp) != fp:
+            raise _Unavailable(f"model {model!r} loads with another fingerprint than the table's")
+        return enc
+
     try:
-        emb = np.asarray(enc.encode_text(texts), dtype=np.float64)
+        if fp:  # label names embedded before: no model load, no torch import
+            from ..models.text_cache import cached_text_embeddings
+
+            emb = cached_text_embeddings(fp, texts, load).astype(np.float64)
+        else:
+            emb = np.asarray(load().encode_text(texts), dtype=np.float64)
+    except _Unavailable as exc:
+        return None, str(exc)
     except Exception as exc:
         return None, f"encoding failed: {exc}"
     E, _ = concept_matrix(con)

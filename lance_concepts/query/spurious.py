@@ -12,6 +12,7 @@ from ..errors import InputError
 from ..lake.aggregates import sort_key
 from ..records import to_records
 from ..threads import hot_path
+from .conditions import where_condition
 from .connection import check_column, connection_state, open_connection
 from .crosstab import concept_crosstab
 from .examples import ExampleSource, examples_html, label_concept_examples
@@ -201,6 +202,7 @@ def spurious(db, label_column: str = "label", split_column: str | None = None, *
         groups = [label_column] + ([split_column] if split_column else [])
         if split_column:
             check_column(con, split_column, what="split column")
+        where, params = where_condition(con, where, params)  # the where-language, values bound
         ct = concept_crosstab(con, groups, where=where, params=params, min_weight=min_weight, engine=engine)
         if not ct.groups:
             raise InputError(f"no images with concepts and a {label_column!r} value")

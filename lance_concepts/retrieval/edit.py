@@ -92,7 +92,7 @@ def edit(db, remove_concepts: Sequence, into: str, *, labels_columns: Sequence[s
     import pyarrow.compute as pc
     import scipy.sparse as sp
 
-    from ..lake.store import IMAGE_COLUMNS, with_retries
+    from ..lake.store import IMAGE_COLUMNS, check_db_writable, with_retries
 
     if isinstance(remove_concepts, (str, int)):
         remove_concepts = [remove_concepts]
@@ -103,6 +103,7 @@ def edit(db, remove_concepts: Sequence, into: str, *, labels_columns: Sequence[s
         raise InputError(f"into must be a plain column name (letters, digits, _), got {into!r}")
     labels_columns = list(dict.fromkeys(labels_columns))
     t = ConceptTable(db, table, storage_options)
+    check_db_writable(db, "edit")
     if into in IMAGE_COLUMNS:
         raise InputError(f"column {into!r} belongs to the table layout; choose another name")
     if into in t.schema.names and not overwrite:

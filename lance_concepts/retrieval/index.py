@@ -142,9 +142,10 @@ def index(db, table: str = "images", *, index_type: str = "auto", column: str = 
     import time
     import warnings
 
-    from ..lake.store import IMAGE_COLUMNS, ImageStore, with_retries
+    from ..lake.store import IMAGE_COLUMNS, ImageStore, check_db_writable, with_retries
 
     t = ConceptTable(db, table, storage_options)
+    check_db_writable(db, "build indexes")
     dim = t.vector_dim(column)
     n = int(t.tbl.count_rows(f"{quote_identifier(column)} IS NOT NULL"))
     if n == 0:

@@ -187,8 +187,13 @@ def query_vector(db, query: str | None = None, *, image=None, vector=None, witho
     else:
         if not isinstance(query, str) or not query.strip():
             raise InputError("the text query is empty")
-        enc = t.encoder(encoder)
-        vec = enc.encode_text([query])[0]
+        fp = t.meta.get("model_fingerprint")
+        if encoder is None and fp:  # a query embedded before needs no model (no torch import)
+            from ..models.text_cache import cached_text_embeddings
+
+            vec = cached_text_embeddings(fp, [query], lambda: t.encoder(None))[0]
+        else:
+            vec = t.encoder(encoder).encode_text([query])[0]
         kind = "text"
     if not np.isfinite(vec).all() or not np.any(vec):
         raise InputError("the query vector is zero or not finite")

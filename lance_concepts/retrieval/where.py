@@ -9,8 +9,8 @@ import dataclasses
 import difflib
 import math
 import re
-from datetime import datetime
-from typing import Callable, Iterable, Sequence
+from datetime import date, datetime
+from typing import Callable, Iterable, Mapping, Sequence
 
 from ..concepts.names import ConceptNames, UnknownConceptError
 from ..errors import InputError
@@ -38,7 +38,8 @@ class WhereError(InputError):
 #   operand    := column | concept | literal
 #   concept    := "concept" "(" string ")"
 #   column     := name | `any name`
-#   literal    := number | 'string' | "string" | TRUE | FALSE
+#   literal    := number | 'string' | "string" | TRUE | FALSE | $name (a bound parameter)
+#   (a "double-quoted" name where a column is expected is the column: "group" = 'a')
 #   cmp        := = | == | != | <> | < | <= | > | >=
 #
 # Keywords are case-insensitive. Strings use SQL quoting ('' inside '...').
@@ -51,6 +52,7 @@ _TOKEN_RE = re.compile(
   | (?P<sq>'(?:[^']|'')*')
   | (?P<dq>"(?:[^"]|"")*")
   | (?P<bq>`[^`]+`)
+  | (?P<param>\$[A-Za-z_][A-Za-z0-9_]*)
   | (?P<name>[A-Za-z_][A-Za-z0-9_]*)
   | (?P<op><=|>=|==|!=|<>|=|<|>)
   | (?P<punct>[(),\-+])
@@ -64,9 +66,10 @@ _FLIP = {"=": "=", "!=": "!=", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
 
 @dataclasses.dataclass(frozen=True)
 class _Tok:
-    kind: str  # number | string | ident | kw | op | punct | end
+    kind: str  # number | string | param | ident | kw | op | punct | end
     value: object
     pos: int
+    quoted_ident: bool = False  # "double-quoted": a column name at the start of a predicate
 
 
 def _tokenize(text: str) -> list[_Tok]:
@@ -81,8 +84,10 @@ def _tokenize(text: str) -> list[_Tok]:
             out.append(_Tok("number", raw, pos))
         elif kind == "sq":
             out.append(_Tok("string", raw[1:-1].replace("''", "'"), pos))
-        elif kind == "dq":
-            out.append(_Tok("string", raw[1:-1].replace('""', '"'), pos))
+        elif kind == "dq":  # a string, or a column name where a column is expected ("group" = 'a')
+            out.append(_Tok("string", raw[1:-1].replace('""', '"'), pos, quoted_ident=True))
+        elif kind == "param":
+            out.append(_Tok("param", raw[1:], pos))
         elif kind == "bq":
             out.append(_Tok("ident", raw[1:-1], pos))
         elif kind == "name":
@@ -109,6 +114,11 @@ class Concept:
 @dataclasses.dataclass(frozen=True)
 class Literal:
     value: object  # int | float | str | bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Param(Literal):
+    """``$name``: a value given separately (``params``), checked like a literal and never spliced."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,6 +262,9 @@ class _Parser:
         if t.kind == "kw" and t.value in ("TRUE", "FALSE"):
             self.next()
             return Literal(t.value == "TRUE")
+        if t.kind == "param":
+            self.next()
+            return Param(str(t.value))
         raise self.error("expected a value (number, 'string', TRUE or FALSE)")
 
     def parse_operand(self):
@@ -274,7 +287,12 @@ class _Parser:
         return self.parse_literal()
 
     def parse_predicate(self):
-        left = self.parse_operand()
+        t0 = self.peek()
+        if t0.kind == "string" and t0.quoted_ident:  # "group" = 'a': SQL's quoted identifier
+            self.next()
+            left = Column(str(t0.value))
+        else:
+            left = self.parse_operand()
         t = self.peek()
         if t.kind == "op":
             self.next()
@@ -375,7 +393,9 @@ class _Compiler:
     """Renders the AST for one table schema; ``concept_id`` resolves concept names (or raises)."""
 
     def __init__(self, schema, concept_id: Callable[[str], int] | None,
-                 concept_ids_column: str = "concept_ids", concept_weights_column: str = "concept_weights"):
+                 concept_ids_column: str = "concept_ids", concept_weights_column: str = "concept_weights",
+                 params: Mapping[str, object] | None = None):
+        self.params = dict(params or {})
         self.schema = schema
         self.concept_id = concept_id
         self.ids_col = concept_ids_column
@@ -400,11 +420,25 @@ class _Compiler:
             raise WhereError(f"column {name!r} of type {t} cannot be used in a condition{hint}")
         return name, t
 
+    def ident(self, name: str) -> str:
+        return quote_identifier(name)
+
+    def value(self, lit: Literal):
+        """The literal's value (a ``$name`` parameter looked up in ``params``)."""
+        if isinstance(lit, Param):
+            if lit.value not in self.params:
+                raise WhereError(f"the condition uses ${lit.value} but no such parameter was given"
+                                 + (f" (given: {', '.join(sorted(self.params))})" if self.params else ""))
+            return self.params[lit.value]
+        return lit.value
+
     def literal(self, lit: Literal, t, column: str) -> str:
         """Render ``lit`` as a value of Arrow type ``t`` (validated, never spliced)."""
         import pyarrow as pa
 
-        v = lit.value
+        v = self.value(lit)
+        if isinstance(v, (datetime, date)):
+            v = v.isoformat()
         if pa.types.is_boolean(t):
             if not isinstance(v, bool):
                 raise WhereError(f"column {column!r} is boolean: compare it with TRUE or FALSE, not {v!r}")
@@ -440,6 +474,9 @@ class _Compiler:
             return f"CAST({quote_string(parsed.isoformat())} AS TIMESTAMP)"
         raise WhereError(f"column {column!r} of type {t} cannot be compared with a value")
 
+    def pattern(self, text: str) -> str:
+        return quote_string(text)
+
     # concepts -----------------------------------------------------------------
     def concept_ref(self, c: Concept) -> int:
         if self.concept_id is None:
@@ -448,11 +485,11 @@ class _Compiler:
 
     def has(self, cid: int) -> str:
         # the CAST keeps the literal Int32 like the column, which lets LanceDB use the LABEL_LIST index
-        return f"array_has_any({quote_identifier(self.ids_col)}, [CAST({cid} AS INT)])"
+        return f"array_has_any({self.ident(self.ids_col)}, [CAST({cid} AS INT)])"
 
     def weight(self, cid: int) -> str:
-        return (f"array_element({quote_identifier(self.w_col)}, CAST(array_position("
-                f"{quote_identifier(self.ids_col)}, CAST({cid} AS INT)) AS BIGINT))")
+        return (f"array_element({self.ident(self.w_col)}, CAST(array_position("
+                f"{self.ident(self.ids_col)}, CAST({cid} AS INT)) AS BIGINT))")
 
     def concept_compare(self, cid: int, op: str, value) -> str:
         """``weight(concept) op value`` where an absent concept has weight 0 (exact, in float32)."""
@@ -475,7 +512,7 @@ class _Compiler:
         # an absent concept has weight 0 and matches too; rows without a decomposition (errors) have an
         # unknown (NULL) weight, so that they match neither the condition nor its negation (Lance has
         # no CASE: cardinality(list) * 0 is 0 for a list, NULL for a missing one)
-        ids = quote_identifier(self.ids_col)
+        ids = self.ident(self.ids_col)
         zero = f"CAST(cardinality({ids}) * 0 AS FLOAT)"
         return f"(COALESCE({self.weight(cid)}, {zero}) {op} {v})"
 
@@ -483,7 +520,7 @@ class _Compiler:
     def operand_sql(self, node) -> tuple[str, object]:
         if isinstance(node, Column):
             name, t = self.column_type(node.name)
-            return quote_identifier(name), t
+            return self.ident(name), t
         raise WhereError("expected a column")
 
     def compile(self, node) -> str:
@@ -499,12 +536,12 @@ class _Compiler:
 
             if not pa.types.is_boolean(t):
                 raise WhereError(f"column {name!r} is not boolean: compare it with a value, as in {name} = ...")
-            return f"({quote_identifier(name)} = TRUE)"
+            return f"({self.ident(name)} = TRUE)"
         if isinstance(node, Compare):
             if isinstance(node.left, Concept):
                 if not isinstance(node.right, Literal):
                     raise WhereError("concept(...) can only be compared with a number")
-                return self.concept_compare(self.concept_ref(node.left), node.op, node.right.value)
+                return self.concept_compare(self.concept_ref(node.left), node.op, self.value(node.right))
             if isinstance(node.right, Concept):
                 raise WhereError("concept(...) can only be compared with a number")
             lhs, t = self.operand_sql(node.left)
@@ -522,8 +559,8 @@ class _Compiler:
         if isinstance(node, Between):
             if isinstance(node.operand, Concept):
                 cid = self.concept_ref(node.operand)
-                inner = (f"({self.concept_compare(cid, '>=', node.low.value)} AND "
-                         f"{self.concept_compare(cid, '<=', node.high.value)})")
+                inner = (f"({self.concept_compare(cid, '>=', self.value(node.low))} AND "
+                         f"{self.concept_compare(cid, '<=', self.value(node.high))})")
                 return f"(NOT {inner})" if node.negated else inner
             lhs, t = self.operand_sql(node.operand)
             lo = self.literal(node.low, t, node.operand.name)
@@ -537,7 +574,7 @@ class _Compiler:
 
             if not (pa.types.is_string(t) or pa.types.is_large_string(t)):
                 raise WhereError(f"LIKE needs a text column; {node.operand.name!r} is {t}")
-            return f"({lhs} {'NOT LIKE' if node.negated else 'LIKE'} {quote_string(node.pattern)})"
+            return f"({lhs} {'NOT LIKE' if node.negated else 'LIKE'} {self.pattern(node.pattern)})"
         if isinstance(node, IsNull):
             if isinstance(node.operand, Concept):
                 raise WhereError("concept(...) is never NULL (an absent concept has weight 0)")
@@ -547,7 +584,8 @@ class _Compiler:
 
 
 def compile_where(where: str | None, schema, concept_id: Callable[[str], int] | None = None, *,
-                  concept_ids_column: str = "concept_ids", concept_weights_column: str = "concept_weights") -> str | None:
+                  concept_ids_column: str = "concept_ids", concept_weights_column: str = "concept_weights",
+                  params: Mapping[str, object] | None = None) -> str | None:
     """Compile a ``--where`` condition to a LanceDB filter string for a table with Arrow ``schema``.
 
     ``concept_id(name) -> int`` resolves concept names (raise :class:`WhereError` for unknown ones).
@@ -556,7 +594,7 @@ def compile_where(where: str | None, schema, concept_id: Callable[[str], int] | 
     if where is None or not str(where).strip():
         return None
     node = parse_where(str(where))
-    return _Compiler(schema, concept_id, concept_ids_column, concept_weights_column).compile(node)
+    return _Compiler(schema, concept_id, concept_ids_column, concept_weights_column, params).compile(node)
 
 
 def concept_resolver(names: Sequence[str], ids: Sequence[int] | None = None) -> Callable[[str], int]:
@@ -602,12 +640,85 @@ def _relax(node, comp: _Compiler) -> str | None:
         return comp.has(comp.concept_ref(node.operand))
     if isinstance(node, Compare) and isinstance(node.left, Concept):
         comp.compile(node)  # validates
-        v32 = float(np.float32(node.right.value))
+        v32 = float(np.float32(comp.value(node.right)))
         zero_ok = {"=": 0 == v32, "!=": 0 != v32, "<": 0 < v32, "<=": 0 <= v32, ">": 0 > v32, ">=": 0 >= v32}[node.op]
         return None if zero_ok else comp.has(comp.concept_ref(node.left))
     if isinstance(node, Between) and isinstance(node.operand, Concept):
         comp.compile(node)
-        lo, hi = float(np.float32(node.low.value)), float(np.float32(node.high.value))
+        lo, hi = float(np.float32(comp.value(node.low))), float(np.float32(comp.value(node.high)))
         zero_ok = (lo <= 0 <= hi) != node.negated
         return None if zero_ok else comp.has(comp.concept_ref(node.operand))
     return comp.compile(node)
+
+
+# =====================================================================================================
+# The same language for DuckDB (drift, spurious, reports): SQL text with every value bound
+# =====================================================================================================
+class _DuckDBCompiler(_Compiler):
+    """Renders the AST as a DuckDB condition on ``images`` whose values are all ``$`` parameters."""
+
+    def __init__(self, *args, prefix: str = "w", **kw):
+        super().__init__(*args, **kw)
+        self.bound: dict[str, object] = {}
+        self.prefix = prefix
+
+    def bind(self, value) -> str:
+        name = f"_{self.prefix}{len(self.bound)}"
+        self.bound[name] = value
+        return f"${name}"
+
+    def ident(self, name: str) -> str:
+        return '"' + str(name).replace('"', '""') + '"'
+
+    def pattern(self, text: str) -> str:
+        return self.bind(str(text))
+
+    def literal(self, lit: Literal, t, column: str) -> str:
+        import pyarrow as pa
+
+        rendered = super().literal(lit, t, column)  # validates the value against the column type
+        v = self.value(lit)
+        if isinstance(v, (datetime, date)):
+            v = v.isoformat()
+        if pa.types.is_date(t):
+            return f"CAST({self.bind(datetime.fromisoformat(v.strip().replace('Z', '+00:00')).date().isoformat())} AS DATE)"
+        if pa.types.is_timestamp(t):
+            iso = rendered[len("CAST('"):-len("' AS TIMESTAMP)")]  # the UTC wall time super() derived
+            return f"CAST({self.bind(iso)} AS TIMESTAMP)"
+        return self.bind(v)
+
+    def has(self, cid: int) -> str:
+        return f"list_contains({self.ident(self.ids_col)}, {self.bind(int(cid))})"
+
+    def weight(self, cid: int) -> str:
+        return f"{self.ident(self.w_col)}[list_position({self.ident(self.ids_col)}, {self.bind(int(cid))})]"
+
+    def concept_compare(self, cid: int, op: str, value) -> str:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+            raise WhereError(f"concept weights are finite numbers: compare concept(...) with a number, not {value!r}")
+        import numpy as np
+
+        v32 = float(np.float32(value))
+        holds_at_zero = {"=": 0 == v32, "!=": 0 != v32, "<": 0 < v32, "<=": 0 <= v32, ">": 0 > v32, ">=": 0 >= v32}[op]
+        v = f"CAST({self.bind(float(value))} AS FLOAT)"
+        if not holds_at_zero:
+            return f"({self.has(cid)} AND {self.weight(cid)} {op} {v})"
+        ids = self.ident(self.ids_col)
+        # absent concept: weight 0; no decomposition (error rows): NULL, matching neither side
+        return f"(COALESCE({self.weight(cid)}, CASE WHEN {ids} IS NULL THEN NULL ELSE CAST(0 AS FLOAT) END) {op} {v})"
+
+
+def compile_where_sql(where: str | None, schema, concept_id: Callable[[str], int] | None = None, *,
+                      params: Mapping[str, object] | None = None, prefix: str = "w"
+                      ) -> tuple[str | None, dict[str, object]]:
+    """Compile a where-language condition to a DuckDB condition over ``images`` and its bound values.
+
+    Returns ``(sql, bound)``: ``sql`` references only ``$_<prefix>N`` parameters (values from the
+    condition's literals and from ``params`` for its ``$name`` references), so nothing a user typed is
+    ever part of the SQL text: ``split = 'test') OR (1=1`` is a syntax error, not a disabled filter.
+    """
+    if where is None or not str(where).strip():
+        return None, {}
+    comp = _DuckDBCompiler(schema, concept_id, params=params, prefix=prefix)
+    sql = comp.compile(parse_where(str(where)))
+    return sql, comp.bound
