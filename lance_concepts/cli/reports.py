@@ -115,12 +115,16 @@ def filter_cmd(db, concepts, min_weight, match_any, limit, columns, plot, table,
               help="Without --concepts: tabulate the concepts that changed most, or the most prevalent.")
 @click.option("--windows", "show_windows", is_flag=True,
               help="Also print the per-window table after the summary (other formats always write it).")
+@click.option("--current", default=None, help="Moving window, e.g. 'last 7 days' (then --reference "
+              "'previous 28 days', 'first 30 days' or 'YYYY-MM-DD..YYYY-MM-DD'; default previous 28 days).")
+@click.option("--now", default=None, help="With --current: the day windows count back from (default today, UTC).")
 @TABLE_OPTION
 @STORAGE_OPTION
 @FORMAT_OPTION
 @OUTPUT_OPTION
 def drift_cmd(db, time_column, every, concepts, top, reference, min_weight, alpha, min_change, min_support, where,
-              weight_intervals, materialize, plot, choose, show_windows, table, fmt, output, storage_options):
+              weight_intervals, materialize, plot, choose, show_windows, current, now, table, fmt, output,
+              storage_options):
     """Concept prevalence (Wilson 95%) and mean weight per time window; change tests against the
     reference window with Benjamini-Hochberg control; alerts; rising and falling concepts; the
     Jensen-Shannon divergence of each window's concept distribution from the reference."""
@@ -130,7 +134,7 @@ def drift_cmd(db, time_column, every, concepts, top, reference, min_weight, alph
     res = drift(db, time_column, every, concepts=split_names(concepts) or None, top=top, reference=reference,
                 min_weight=min_weight, alpha=alpha, min_change=min_change, min_support=min_support, where=where,
                 weight_intervals=weight_intervals or bool(plot), materialize=materialize, table=table,
-                storage_options=parse_storage_options(storage_options), choose=choose)
+                storage_options=parse_storage_options(storage_options), choose=choose, current=current, now=now)
     emit(res.table, fmt, output, res.summary(), summary_first=True, show_table=show_windows)
     if plot:
         res.plot(plot)

@@ -152,8 +152,13 @@ def drift(db, time_column: str = "timestamp", every: str = "month", *, concepts:
           min_change: float = 0.10, min_support: int = 10, n_trend: int = 5, where: str | None = None,
           params: Mapping[str, Any] | None = None, weight_intervals: bool = False, materialize: bool = False,
           table: str = "images", engine: str = "auto",
-          storage_options: Mapping[str, str] | None = None, choose: str = "change") -> DriftResult:
+          storage_options: Mapping[str, str] | None = None, choose: str = "change", current: str | None = None,
+          now=None) -> DriftResult:
     """Concept prevalence and mean weight per time window, and what changed.
+
+    Windows that move: ``current="last 7 days"`` with ``reference="previous 28 days"`` (the default
+    then), a fixed period ``"2024-01-01..2024-01-31"`` or ``"first 30 days"``, counted back from
+    ``now`` (default today, UTC): two windows, the same statistics (:mod:`lance_concepts.query.windows`).
 
     ``time_column``: a timestamp/date column of ``images``; ``every``: day | week | month | quarter |
     year. ``concepts``: names to report (default: the ``top`` most prevalent overall). ``reference``:
@@ -184,8 +189,16 @@ def drift(db, time_column: str = "timestamp", every: str = "month", *, concepts:
             raise InputError(f"choose must be 'change' or 'prevalence'; got {choose!r}")
         chosen = [st.names.id(c) for c in as_list(concepts)]
         where, params = where_condition(con, where, params)  # the where-language, values bound
-        ct = concept_crosstab(con, time_column, every=every, where=where, params=params,
-                                   min_weight=min_weight, second_moment=weight_intervals, engine=engine)
+        if current is not None:  # two moving windows summed from the daily counts
+            from .windows import windowed_crosstab
+
+            ct, _cur, _ref = windowed_crosstab(con, time_column, current, reference, now=now, where=where,
+                                               params=params, min_weight=min_weight,
+                                               second_moment=weight_intervals, engine=engine)
+            every, reference = "window", "first"
+        else:
+            ct = concept_crosstab(con, time_column, every=every, where=where, params=params,
+                                  min_weight=min_weight, second_moment=weight_intervals, engine=engine)
         if not ct.groups:
             raise InputError(f"no images with concepts and a {time_column!r} value"
                              + (" matching the condition" if where else ""))
