@@ -36,6 +36,7 @@ _EXPORTS = {
     "filter": "query.filter", "drift": "query.drift", "spurious": "query.spurious", "report": "query.html",
     "slices": "query.slices", "quality": "query.quality", "duplicates": "retrieval.duplicates",
     "backfill_quality": "lake.backfill",
+    "check": "query.check",
     "search": "retrieval.searcher", "index": "retrieval.index", "edit": "retrieval.edit",
     "serve": "serve.server",
 }
