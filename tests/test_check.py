@@ -130,3 +130,15 @@ def test_cli_exit_codes_and_formats(world, tmp_path):
     assert r.exit_code == 2 and "no file" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(main, ["check", "--db", str(tmp_path / "nowhere"), "--spec", str(good)])
     assert r.exit_code == 2 and "Traceback" not in r.output
+
+
+def test_html_report_has_an_expectations_section(world, tmp_path):
+    db, _ = world
+    spec = tmp_path / "s.toml"
+    spec.write_text("[[expect]]\nname = 'cosine high'\ntype = 'mean_splice_cosine'\nmin = 0.55\n")
+    out = tmp_path / "r.html"
+    r = CliRunner().invoke(main, ["report", "--db", db, "--html", str(out), "--check", str(spec),
+                                  "--label-match", "string"])
+    assert r.exit_code == 0, r.output
+    page = out.read_text()
+    assert "<h2>Expectations</h2>" in page and "0 of 1 expectations hold" in page and "cosine high" in page

@@ -200,15 +200,17 @@ def spurious_cmd(db, label_column, split_column, split_reference, min_weight, mi
 @click.option("--label-match", type=click.Choice(["auto", "string", "embedding", "none"]), default="auto",
               show_default=True)
 @click.option("--no-materialize", is_flag=True, help="Query Lance directly instead of copying into DuckDB once.")
+@click.option("--check", "check_spec", default=None, help="TOML spec of `check`: adds an Expectations section.")
 @STORAGE_OPTION
 @TABLE_OPTION
 def report_cmd(db, html, time_column, every, label_column, split_column, top, min_weight, label_match,
-               no_materialize, table, storage_options):
+               no_materialize, check_spec, table, storage_options):
     """One self-contained HTML page: summary, drift and spurious-correlation sections with figures."""
     from ..query.html import report
 
     check_writable(html=html)
     path = report(db, html, time_column=time_column, every=every, label_column=label_column,
                   split_column=split_column, top=top, min_weight=min_weight, label_match=label_match,
-                  materialize=not no_materialize, table=table, storage_options=parse_storage_options(storage_options))
+                  materialize=not no_materialize, table=table, storage_options=parse_storage_options(storage_options),
+                  check=check_spec)
     click.echo(f"wrote {path}")

@@ -61,8 +61,11 @@ def report(db, html, *, time_column: str | None = "timestamp", every: str = "mon
            label_column: str | None = "label", split_column: str | None = None, top: int = 8,
            min_weight: float = 0.0, alpha: float = 0.05, min_change: float = 0.10, min_lift: float = 1.5,
            materialize: bool = True, label_match: str = "auto", table: str = "images",
-           storage_options: Mapping[str, str] | None = None) -> Path:
-    """Write one self-contained HTML page (figures embedded as PNG data URIs) with a summary of the
+           storage_options: Mapping[str, str] | None = None, check=None) -> Path:
+    """``check``: a spec for :func:`lance_concepts.query.check.check` (TOML path/text or dict): adds a
+    section with every expectation's status, expected, measured and the images to look at.
+
+    Write one self-contained HTML page (figures embedded as PNG data URIs) with a summary of the
     table, the drift section (if ``time_column`` exists) and the spurious-correlation section (if
     ``label_column`` exists). Sections whose column is missing say so. Returns the path."""
     con, owned = open_connection(db, materialize=materialize, table=table, storage_options=storage_options)
@@ -112,6 +115,8 @@ def report(db, html, *, time_column: str | None = "timestamp", every: str = "mon
         else:
             parts += ["<h2>Spurious correlations</h2>", f"<p>No label column <code>{_html.escape(str(label_column))}"
                       "</code> in the table: section skipped.</p>"]
+        if check is not None:
+            parts += _check_section(con, check)
         parts.append("<h2>How to read this</h2>" + _HOW_TO_READ)
         page = ("<!doctype html><html><head><meta charset='utf-8'><title>lance-concepts report</title>"
                 f"<style>{_CSS}</style></head><body>" + "\n".join(parts) + "</body></html>")
@@ -152,6 +157,13 @@ def drift_evidence_html(res, n_alerts: int = 6, n: int = 5) -> str:
             ex = f"<small>no examples: {_html.escape(str(exc))}</small>"
         parts.append(f"<div class='ev'><b>{_html.escape(c)}</b>{ex}</div>")
     return "".join(parts)
+
+
+def _check_section(con, spec) -> list[str]:
+    from .check import check as run_check
+
+    res = run_check(con, spec)
+    return ["<h2>Expectations</h2>", f"<p>{_html.escape(res.summary())}</p>", _html_table(res.table(), 200)]
 
 
 def _summary(con, st, cols) -> str:
