@@ -113,6 +113,8 @@ def _looks_like_text(head: bytes) -> bool:
 
 def read_location(root: str | None, uri: str) -> bytes:
     """Bytes of one image: a local path (relative to ``root``), file://, s3:// / gs:// (pyarrow fs), http(s)."""
+    if uri is None or str(uri).strip() == "":
+        raise ImageDecodeError("empty uri (the source's uri cell is empty)")
     parsed = urllib.parse.urlparse(uri)
     scheme = parsed.scheme.lower()
     try:
@@ -127,7 +129,10 @@ def read_location(root: str | None, uri: str) -> bytes:
             filesystem, path = pafs.FileSystem.from_uri(uri)
             with filesystem.open_input_stream(path) as f:
                 return f.read()
-        path = urllib.parse.unquote(parsed.path) if scheme == "file" else uri
+        # file:// uris are percent-encoded bytes (lossless for names that are not UTF-8, see sources.path_uri)
+        path = urllib.parse.unquote_to_bytes(parsed.path) if scheme == "file" else uri
+        if isinstance(path, bytes) and root:
+            root = os.fsencode(root)
         if root and not os.path.isabs(path):
             path = os.path.join(root, path)
         with open(path, "rb") as f:
@@ -155,13 +160,13 @@ class Decoder:
         self.need_hash = need_hash
 
     def one(self, uri: str, data: bytes | None):
-        """-> (content id or None, preprocessed array or None, error or None)"""
+        """-> (SHA-256 hex of the bytes or None, preprocessed array or None, error or None)"""
         digest = None
         try:
             if data is None:
                 data = read_location(self.root, uri)
             if self.need_hash:
-                digest = hashlib.sha256(data).hexdigest()[:32]
+                digest = hashlib.sha256(data).hexdigest()
             im = decode_image(data, max_pixels=self.max_pixels, draft=self.draft)
             try:
                 x = self.preprocess(im)
