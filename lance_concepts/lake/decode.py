@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import struct
 import urllib.parse
 import warnings
@@ -74,8 +75,11 @@ def decode_image(data: bytes, *, max_pixels: int | None = None, draft: int | Non
                 im.draft("RGB", (draft, draft))  # DCT-domain downscale, shorter side kept >= draft
             im.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        found = re.search(r"\((\d+) pixels\)", str(exc))  # Pillow quotes its own 2x limit: quote ours
+        size = f"{int(found.group(1)):,} pixels" if found else "its size"
         raise ImageDecodeError(
-            f"image too large: {exc} (decompression-bomb guard; raise the limit with max_pixels, CLI --max-pixels)"
+            f"image too large: {size} exceed max_pixels {limit:,} (decompression-bomb guard; raise it with "
+            "max_pixels, CLI --max-pixels)"
         ) from None
     except UnidentifiedImageError:
         head = data[:64]
@@ -99,6 +103,21 @@ def decode_image(data: bytes, *, max_pixels: int | None = None, draft: int | Non
     if draft and min(im.size) >= 2 * draft:
         im = im.reduce(min(im.size) // draft)  # integer box reduction, shorter side kept >= draft
     return im
+
+
+def check_resized_size(size: tuple[int, int], input_size: int | None, max_pixels: int | None) -> None:
+    """Refuse an aspect-ratio bomb: CLIP preprocessing scales the short side to ``input_size`` first, so a
+    1 x 20,000 image becomes 4,480,000 x 224 pixels (GBs) even though it passes the pixel limit."""
+    if not input_size or not max_pixels or min(size) < 1:
+        return
+    w, h = size
+    scale = input_size / min(w, h)
+    resized = round(w * scale) * round(h * scale)
+    if resized > max_pixels:
+        raise ImageDecodeError(
+            f"image too large after preprocessing: {w}x{h} with its short side resized to {input_size} is "
+            f"{resized:,} pixels, over max_pixels {max_pixels:,} (aspect-ratio bomb; raise it with max_pixels, "
+            "CLI --max-pixels)")
 
 
 def _looks_like_text(head: bytes) -> bool:
@@ -152,8 +171,10 @@ def read_location(root: str | None, uri: str) -> bytes:
 class Decoder:
     """Picklable decode + preprocess step, run in worker processes (or inline)."""
 
-    def __init__(self, preprocess, root: str | None, max_pixels: int, draft: int | None, need_hash: bool):
+    def __init__(self, preprocess, root: str | None, max_pixels: int, draft: int | None, need_hash: bool,
+                 input_size: int | None = 224):
         self.preprocess = preprocess
+        self.input_size = input_size
         self.root = root
         self.max_pixels = max_pixels
         self.draft = draft
@@ -168,6 +189,7 @@ class Decoder:
             if self.need_hash:
                 digest = hashlib.sha256(data).hexdigest()
             im = decode_image(data, max_pixels=self.max_pixels, draft=self.draft)
+            check_resized_size(im.size, getattr(self, "input_size", 224), self.max_pixels)
             try:
                 x = self.preprocess(im)
             except Exception as exc:

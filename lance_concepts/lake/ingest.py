@@ -176,7 +176,8 @@ def ingest(
         return _finish(store, summary, t_start, nothing_to_do=True)
     text = _concept_dictionary(voc, enc, prompt_template, int(meta["embed_dim"]))
     decoder = Decoder(enc.preprocess, src.root, max_pixels, (2 * int(getattr(enc, "image_size", 224))) if draft
-                      else None, need_hash=True)
+                      else None, need_hash=True,
+                      input_size=int(getattr(enc, "image_size", 224)))
     with _pillow_pixel_limit(max_pixels):
         if engine == "ray":
             recovering = drive_ray_ingest(

@@ -273,8 +273,8 @@ class LocalPipeline:
 
     def _write(self, ok_items, emb, errs):
         self._ensure_meta()
-        if not self.src.id_column and (ok_items or errs):
-            # content ids: the same file may already be in the table under another uri
+        if str(self.meta.get("id_source", "")).startswith("sha256") and (ok_items or errs):
+            # a table keyed by content (before uri keys): the same file may be there under another uri
             present = self.store.ids_present([i for _, i in ok_items] + [e[1] for e in errs])
             if present:
                 keep = [j for j, (_, i) in enumerate(ok_items) if i not in present]
@@ -305,7 +305,7 @@ class LocalPipeline:
         self.summary.ok += ok_w
         self.summary.errors += err_w
         err_written = errs[:err_w]
-        if self.retry_errors and not self.src.id_column and n_ok:
+        if self.retry_errors and str(self.meta.get("id_source", "")).startswith("sha256") and n_ok:
             # content ids: a retried file that now decodes replaces its uri-keyed error row
             stale = [error_id(it.uri) for it, _ in ok_items]
             lits = ",".join("'" + s.replace("'", "''") + "'" for s in stale)
