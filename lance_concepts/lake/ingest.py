@@ -348,7 +348,7 @@ def _pending_items(store: ImageStore, src, n_total: int, retry_errors: bool, sum
     for i, (u, ident) in enumerate(zip(uris, ids)):
         if src.id_column:
             # an empty id falls back to one derived from the uri (stable across runs)
-            ident = uri_id(str(u)) if ident is None or str(ident).strip() == "" else str(ident)
+            ident = _uri_key(u, repeats) if ident is None or str(ident).strip() == "" else str(ident)
             if already(have_ids.get(ident)):
                 summary.skipped += 1
                 continue
@@ -361,14 +361,19 @@ def _pending_items(store: ImageStore, src, n_total: int, retry_errors: bool, sum
                 summary.skipped += 1
                 continue
         else:
-            key = "" if u is None else str(u)
-            k = repeats[key] = repeats.get(key, -1) + 1
-            ident = uri_id(key if k == 0 else f"{key}#{k}")
+            ident = _uri_key(u, repeats)
             if already(have_ids.get(ident)):
                 summary.skipped += 1
                 continue
         items.append(WorkItem(i, "" if u is None else str(u), ident))
     return items
+
+
+def _uri_key(u, repeats: dict) -> str:
+    """uri_id of a source uri; its k-th repeat in the same source gets uri_id(uri + "#k")."""
+    key = "" if u is None else str(u)
+    k = repeats[key] = repeats.get(key, -1) + 1
+    return uri_id(key if k == 0 else f"{key}#{k}")
 
 
 def _settle_image_mean(store: ImageStore, meta: dict, model, image_mean) -> np.ndarray | None:
