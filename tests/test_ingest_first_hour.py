@@ -230,3 +230,61 @@ def test_first_ingest_prints_no_rust_warning_or_none_pretrained(tmp_path):
     assert res.returncode == 0, res.stderr
     out = res.stdout + res.stderr
     assert "WARN" not in out and "(None" not in out, out
+
+
+# ------------------------------------------------------------------------------ 7b. kill -9 of the parent
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(d))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_decode_workers_exit_when_the_ingest_is_killed(tmp_path):
+    import signal
+    import time
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(400):
+        Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)).save(root / f"{i:04d}.png")
+    proc = subprocess.Popen([sys.executable, "-c", "from lance_concepts.cli import main; main()", "ingest", str(root),
+                             "--db", str(tmp_path / "db"), "--model", "demo", "--vocab", "demo", "--workers", "2",
+                             "--quiet"], env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        workers: list[int] = []
+        while time.monotonic() < deadline and len(workers) < 2 and proc.poll() is None:
+            time.sleep(0.2)
+            workers = _children(proc.pid)
+        assert len(workers) >= 2, "the decode workers never started"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(_alive(w) for w in workers):
+            time.sleep(0.2)
+        left = [w for w in workers if _alive(w)]
+        for w in left:  # do not leave them behind even when the test fails
+            os.kill(w, signal.SIGKILL)
+        assert not left, f"decode workers {left} outlived their killed parent"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
