@@ -288,3 +288,59 @@ def test_decode_workers_exit_when_the_ingest_is_killed(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+# ------------------------------------------------------------------------------ 7. Ctrl-C
+def _noise_folder(root: Path, n: int) -> Path:
+    root.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)).save(root / f"{i:04d}.png")
+    return root
+
+
+@pytest.mark.skipif(sys.platform.startswith("win"), reason="POSIX signals")
+def test_sigint_stops_with_130_and_the_rerun_completes(tmp_path):
+    import signal
+    import time
+
+    root = _noise_folder(tmp_path / "photos", 120)
+    cmd = [sys.executable, "-c", "from lance_concepts.cli import main; main()", "ingest", str(root), "--model", "demo",
+           "--vocab", "demo", "--workers", "2", "--batch-size", "16", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for k, delay in enumerate([0.5, 3.0, 6.0, 10.0]):  # importing, loading, while decoding, while committing batches
+        db = tmp_path / f"db{k}"
+        p = subprocess.Popen([*cmd, "--db", str(db)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(delay)
+        if p.poll() is not None:
+            continue  # finished before the signal: nothing to interrupt at this moment
+        t0 = time.monotonic()
+        os.kill(p.pid, signal.SIGINT)
+        try:
+            _, err = p.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            pytest.fail(f"SIGINT after {delay}s: still running 30 s later")
+        # 130, or death by SIGINT itself (-2: still importing, before the CLI runs; a shell shows 130 too)
+        assert p.returncode in (130, -signal.SIGINT), f"SIGINT after {delay}s: exit {p.returncode}\n{err[-1500:]}"
+        assert time.monotonic() - t0 < 15
+        again = subprocess.run([*cmd, "--db", str(db)], env=env, capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0, again.stderr[-1500:]
+        t = _check_consistent(db)
+        assert sorted(r["uri"] for r in t) == sorted(f"{i:04d}.png" for i in range(120))
+
+
+def test_rerun_with_nothing_new_rebuilds_stale_aggregates(tmp_path, enc, vocab):
+    """A run interrupted after its last commit but before the rollup: the next run brings it up to date."""
+    from lance_concepts.lake.rollup import is_current, rollup_table_name
+    from lance_concepts.lake.store import table_names
+
+    root, rows = make_dataset(tmp_path, n=6)
+    db = tmp_path / "db"
+    ingest(root / "imgs", db, model=enc, vocab=vocab, workers=0, quiet=True, rollup=False)  # "interrupted"
+    store = ImageStore(db)
+    assert rollup_table_name("images") not in table_names(store.conn)
+    s = ingest(root / "imgs", db, model=enc, vocab=vocab, workers=0, quiet=True)
+    assert s.ok == 0 and s.skipped == 6
+    store = ImageStore(db)
+    assert is_current(store.table.to_lance(), store.conn.open_table(rollup_table_name("images")).to_lance())

@@ -88,17 +88,21 @@ def ingest_cmd(source, db, table, model, pretrained, vocab, l1, label_from_folde
 
     from ..lake.ingest import ingest as run_ingest
 
-    summary = run_ingest(source, db, table=table, model=model, pretrained=pretrained,
-                         vocab=None if str(vocab).lower() == "none" else vocab, l1=l1, batch_size=batch_size,
-                         workers=workers, limit=limit, id_column=id_column, quiet=quiet, uri_column=uri_column,
-                         image_column=image_column, storage_options=parse_storage_options(storage_options), device=device,
-                         prompt_template=prompt_template, image_mean=image_mean, retry_errors=retry_errors,
-                         new_concept_version=new_concept_version, max_pixels=max_pixels, draft=draft,
-                         encoder_threads=encoder_threads,
-                         rollup={"auto": "auto", "always": True, "never": False}[rollup_mode],
-                         engine=engine, ray_address=ray_address, ray_actors=ray_actors,
-                         ray_gpus_per_actor=ray_gpus_per_actor, commit_every=commit_every,
-                         label_from="parent" if label_from_folder else None)
+    try:
+        summary = run_ingest(source, db, table=table, model=model, pretrained=pretrained,
+                             vocab=None if str(vocab).lower() == "none" else vocab, l1=l1, batch_size=batch_size,
+                             workers=workers, limit=limit, id_column=id_column, quiet=quiet, uri_column=uri_column,
+                             image_column=image_column, storage_options=parse_storage_options(storage_options), device=device,
+                             prompt_template=prompt_template, image_mean=image_mean, retry_errors=retry_errors,
+                             new_concept_version=new_concept_version, max_pixels=max_pixels, draft=draft,
+                             encoder_threads=encoder_threads,
+                             rollup={"auto": "auto", "always": True, "never": False}[rollup_mode],
+                             engine=engine, ray_address=ray_address, ray_actors=ray_actors,
+                             ray_gpus_per_actor=ray_gpus_per_actor, commit_every=commit_every,
+                             label_from="parent" if label_from_folder else None)
+    except KeyboardInterrupt:
+        click.echo("interrupted: the rows committed so far are kept; run the same command again to finish", err=True)
+        sys.exit(130)
     click.echo(json.dumps(summary.to_dict(), default=str, indent=1) if as_json else str(summary))
     sys.exit(summary.exit_code)
 

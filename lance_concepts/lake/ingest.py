@@ -172,7 +172,10 @@ def ingest(
         summary.notes.append(f"{src.skipped_files} files without an image extension skipped")
     items = _pending_items(store, src, n_total, retry_errors, summary, by_content=meta["id_source"].startswith("sha256"))
     mean = _settle_image_mean(store, meta, model, image_mean)
-    if not items:
+    if not items:  # an interrupted run may have committed every row but not rebuilt the aggregates
+        note = refresh_rollup(store, None, rollup, quiet) if store.exists() else None
+        if note:
+            summary.notes.append(note)
         return _finish(store, summary, t_start, nothing_to_do=True)
     text = _concept_dictionary(voc, enc, prompt_template, int(meta["embed_dim"]))
     decoder = Decoder(enc.preprocess, src.root, max_pixels, (2 * int(getattr(enc, "image_size", 224))) if draft
