@@ -189,22 +189,29 @@ def test_manifest_parquet_and_jsonl(tmp_path, enc, vocab, fmt):
     _check_consistent(db)
 
 
-def test_directory_source_content_ids_and_duplicates(tmp_path, enc, vocab):
+def test_directory_source_uri_ids_keep_byte_identical_files(tmp_path, enc, vocab):
+    """Issue 18.3: N files in, N rows out; the shared content is visible in content_sha256 (SQL finds duplicates)."""
     root, rows = make_dataset(tmp_path, n=6)
-    # the same bytes under another name, in a subdirectory: one row (content id), counted as duplicate
     (root / "imgs" / "sub").mkdir()
     data = (root / rows[0]["uri"]).read_bytes()
     (root / "imgs" / "sub" / "copy.png").write_bytes(data)
-    (root / "imgs" / "notes.txt").write_text("not an image extension: ignored")
+    (root / "imgs" / "notes.txt").write_text("not an image extension: skipped and counted")
     db = tmp_path / "db.lancedb"
     s = ingest(root / "imgs", db, model=enc, vocab=vocab, workers=0, quiet=True)
-    assert (s.ok, s.errors, s.duplicates) == (6, 0, 1)
+    assert (s.ok, s.errors, s.duplicates) == (7, 0, 0)
+    assert any("1 files without an image extension" in n for n in s.notes)
     t = _table(db).to_pylist()
-    assert {r["id"] for r in t} == {hashlib.sha256((root / r["uri"]).read_bytes()).hexdigest()[:32] for r in rows}
+    by_uri = {r["uri"]: r for r in t}
+    assert len(by_uri) == 7 and len({r["id"] for r in t}) == 7
+    want = hashlib.sha256(data).hexdigest()
+    assert by_uri["sub/copy.png"]["content_sha256"] == want
+    assert sum(r["content_sha256"] == want for r in t) == 2
+    for r in rows:  # every content hash is the full hex SHA-256 of the file bytes
+        rel = r["uri"].split("/", 1)[1]
+        assert by_uri[rel]["content_sha256"] == hashlib.sha256((root / r["uri"]).read_bytes()).hexdigest()
     assert all(not r["uri"].startswith("/") and not r["uri"].startswith("imgs/") for r in t)
-    # re-run skips by uri; the duplicate is re-read but again lands nowhere
     s2 = ingest(root / "imgs", db, model=enc, vocab=vocab, workers=0, quiet=True)
-    assert (s2.ok, s2.skipped) == (0, 6) and len(_table(db)) == 6
+    assert (s2.ok, s2.skipped, s2.duplicates) == (0, 7, 0) and len(_table(db)) == 7
 
 
 def test_lance_table_sources(tmp_path, enc, vocab):

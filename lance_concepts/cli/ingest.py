@@ -10,8 +10,6 @@ from .group import main
 from .options import (
     DB_OPTION,
     ENGINE_OPTION,
-    MODEL_OPTION,
-    PRETRAINED_OPTION,
     RAY_ACTORS_OPTION,
     RAY_ADDRESS_OPTION,
     STORAGE_OPTION,
@@ -25,11 +23,18 @@ from .options import (
 @click.argument("source")
 @click.option("--db", required=True, help="LanceDB directory or URI (s3://..., gs://...) to write to.")
 @click.option("--table", default="images", show_default=True, help="Images table name.")
-@MODEL_OPTION
-@PRETRAINED_OPTION
-@click.option("--vocab", default="default", show_default=True,
-              help="Concept vocabulary: 'default', 'demo', a SpLiCE list, a text file, or 'none' (embeddings only).")
-@click.option("--l1", default=0.25, show_default=True, type=float, help="SpLiCE l1 penalty (larger = sparser).")
+@click.option("--model", default=None, help="open_clip architecture, or 'demo' for the offline demo model "
+              "(default: the table's, else ViT-B-32).")
+@click.option("--pretrained", default=None, help="open_clip pretrained tag or a local weights file (default: the "
+              "table's, else laion2b_s34b_b79k for ViT-B-32).")
+@click.option("--vocab", default="auto",
+              help="Concept vocabulary: 'default', 'demo', a SpLiCE list, a text file, or 'none' (embeddings only); "
+              "default: the table's, else 'default'.")
+@click.option("--l1", default=None, type=float, help="SpLiCE l1 penalty (larger = sparser; default: the table's, "
+              "else 0.25).")
+@click.option("--label-from-folder/--no-label-from-folder", default=True, show_default=True,
+              help="Folder sources: record the parent folder as 'label' (ImageFolder convention; a top folder "
+              "train/val/test as 'split').")
 @click.option("--batch-size", default=64, show_default=True, type=int, help="Images per encoder batch and commit.")
 @click.option("--workers", default=None, type=int, help="Decode processes (default: the CPU count, at most 8; 0 = inline).")
 @click.option("--limit", default=None, type=int, help="Only the first N rows of the source.")
@@ -62,7 +67,7 @@ from .options import (
               help="With --engine ray: rows per commit (a crash loses at most the wave in flight).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def ingest_cmd(source, db, table, model, pretrained, vocab, l1, batch_size, workers, limit, id_column, uri_column,
+def ingest_cmd(source, db, table, model, pretrained, vocab, l1, label_from_folder, batch_size, workers, limit, id_column, uri_column,
                image_column, prompt_template, image_mean, retry_errors, new_concept_version, max_pixels, draft, device,
                rollup_mode, encoder_threads, storage_options, engine, ray_address, ray_actors, ray_gpus_per_actor, commit_every,
                quiet, as_json):
@@ -83,16 +88,21 @@ def ingest_cmd(source, db, table, model, pretrained, vocab, l1, batch_size, work
 
     from ..lake.ingest import ingest as run_ingest
 
-    summary = run_ingest(source, db, table=table, model=model, pretrained=pretrained,
-                         vocab=None if str(vocab).lower() == "none" else vocab, l1=l1, batch_size=batch_size,
-                         workers=workers, limit=limit, id_column=id_column, quiet=quiet, uri_column=uri_column,
-                         image_column=image_column, storage_options=parse_storage_options(storage_options), device=device,
-                         prompt_template=prompt_template, image_mean=image_mean, retry_errors=retry_errors,
-                         new_concept_version=new_concept_version, max_pixels=max_pixels, draft=draft,
-                         encoder_threads=encoder_threads,
-                         rollup={"auto": "auto", "always": True, "never": False}[rollup_mode],
-                         engine=engine, ray_address=ray_address, ray_actors=ray_actors,
-                         ray_gpus_per_actor=ray_gpus_per_actor, commit_every=commit_every)
+    try:
+        summary = run_ingest(source, db, table=table, model=model, pretrained=pretrained,
+                             vocab=None if str(vocab).lower() == "none" else vocab, l1=l1, batch_size=batch_size,
+                             workers=workers, limit=limit, id_column=id_column, quiet=quiet, uri_column=uri_column,
+                             image_column=image_column, storage_options=parse_storage_options(storage_options), device=device,
+                             prompt_template=prompt_template, image_mean=image_mean, retry_errors=retry_errors,
+                             new_concept_version=new_concept_version, max_pixels=max_pixels, draft=draft,
+                             encoder_threads=encoder_threads,
+                             rollup={"auto": "auto", "always": True, "never": False}[rollup_mode],
+                             engine=engine, ray_address=ray_address, ray_actors=ray_actors,
+                             ray_gpus_per_actor=ray_gpus_per_actor, commit_every=commit_every,
+                             label_from="parent" if label_from_folder else None)
+    except KeyboardInterrupt:
+        click.echo("interrupted: the rows committed so far are kept; run the same command again to finish", err=True)
+        sys.exit(130)
     click.echo(json.dumps(summary.to_dict(), default=str, indent=1) if as_json else str(summary))
     sys.exit(summary.exit_code)
 

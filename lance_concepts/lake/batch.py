@@ -76,8 +76,9 @@ class ConceptStep:
 class WorkItem:
     row: int  # source row
     uri: str
-    id: str | None  # from the source, or None (content hash after reading)
+    id: str | None  # from the source or the uri, or None (content hash after reading: tables keyed by content)
     quality: dict | None = None  # lake.quality columns, set after decoding
+    content_sha256: str | None = None  # hex SHA-256 of the file bytes, set once read
 
 
 # =========================================================================================== one batch
@@ -90,8 +91,9 @@ def split_decoded(items: Sequence[WorkItem], results) -> tuple[list, list, list]
     for k, digest, x, err, *quality in results:
         item = items[k]
         item.quality = quality[0] if quality else None
+        item.content_sha256 = digest
         if err is None:
-            ok.append((item, item.id or digest))
+            ok.append((item, item.id or (digest[:32] if digest else None)))
             xs.append(x)
         else:
             errs.append((item, item.id or error_id(item.uri), err))
@@ -142,6 +144,8 @@ def build_rows(ok_items, emb, errs, concepts: "ConceptStep | None", src_meta: pa
     n = n_ok + n_err
     d = int(dim)
     cols = {"id": pa.array(ids, pa.string()), "uri": pa.array(uris, pa.string())}
+    cols["content_sha256"] = pa.array([it.content_sha256 for it, _ in ok_items] +
+                                      [e[0].content_sha256 for e in errs], pa.string())
     if src_meta is not None and src_meta.num_columns:
         sub = src_meta.take(pa.array(rows, pa.int64()))
         for name in src_meta.column_names:

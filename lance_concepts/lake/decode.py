@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import struct
 import urllib.parse
 import warnings
@@ -76,8 +77,11 @@ def decode_image(data: bytes, *, max_pixels: int | None = None, draft: int | Non
                 im.draft("RGB", (draft, draft))  # DCT-domain downscale, shorter side kept >= draft
             im.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        found = re.search(r"\((\d+) pixels\)", str(exc))  # Pillow quotes its own 2x limit: quote ours
+        size = f"{int(found.group(1)):,} pixels" if found else "its size"
         raise ImageDecodeError(
-            f"image too large: {exc} (decompression-bomb guard; raise the limit with max_pixels, CLI --max-pixels)"
+            f"image too large: {size} exceed max_pixels {limit:,} (decompression-bomb guard; raise it with "
+            "max_pixels, CLI --max-pixels)"
         ) from None
     except UnidentifiedImageError:
         head = data[:64]
@@ -103,6 +107,21 @@ def decode_image(data: bytes, *, max_pixels: int | None = None, draft: int | Non
     return im
 
 
+def check_resized_size(size: tuple[int, int], input_size: int | None, max_pixels: int | None) -> None:
+    """Refuse an aspect-ratio bomb: CLIP preprocessing scales the short side to ``input_size`` first, so a
+    1 x 20,000 image becomes 4,480,000 x 224 pixels (GBs) even though it passes the pixel limit."""
+    if not input_size or not max_pixels or min(size) < 1:
+        return
+    w, h = size
+    scale = input_size / min(w, h)
+    resized = round(w * scale) * round(h * scale)
+    if resized > max_pixels:
+        raise ImageDecodeError(
+            f"image too large after preprocessing: {w}x{h} with its short side resized to {input_size} is "
+            f"{resized:,} pixels, over max_pixels {max_pixels:,} (aspect-ratio bomb; raise it with max_pixels, "
+            "CLI --max-pixels)")
+
+
 def _looks_like_text(head: bytes) -> bool:
     if not head:
         return False
@@ -115,6 +134,8 @@ def _looks_like_text(head: bytes) -> bool:
 
 def read_location(root: str | None, uri: str) -> bytes:
     """Bytes of one image: a local path (relative to ``root``), file://, s3:// / gs:// (pyarrow fs), http(s)."""
+    if uri is None or str(uri).strip() == "":
+        raise ImageDecodeError("empty uri (the source's uri cell is empty)")
     parsed = urllib.parse.urlparse(uri)
     scheme = parsed.scheme.lower()
     try:
@@ -129,7 +150,10 @@ def read_location(root: str | None, uri: str) -> bytes:
             filesystem, path = pafs.FileSystem.from_uri(uri)
             with filesystem.open_input_stream(path) as f:
                 return f.read()
-        path = urllib.parse.unquote(parsed.path) if scheme == "file" else uri
+        # file:// uris are percent-encoded bytes (lossless for names that are not UTF-8, see sources.path_uri)
+        path = urllib.parse.unquote_to_bytes(parsed.path) if scheme == "file" else uri
+        if isinstance(path, bytes) and root:
+            root = os.fsencode(root)
         if root and not os.path.isabs(path):
             path = os.path.join(root, path)
         with open(path, "rb") as f:
@@ -149,22 +173,25 @@ def read_location(root: str | None, uri: str) -> bytes:
 class Decoder:
     """Picklable decode + preprocess step, run in worker processes (or inline)."""
 
-    def __init__(self, preprocess, root: str | None, max_pixels: int, draft: int | None, need_hash: bool):
+    def __init__(self, preprocess, root: str | None, max_pixels: int, draft: int | None, need_hash: bool,
+                 input_size: int | None = 224):
         self.preprocess = preprocess
+        self.input_size = input_size
         self.root = root
         self.max_pixels = max_pixels
         self.draft = draft
         self.need_hash = need_hash
 
     def one(self, uri: str, data: bytes | None):
-        """-> (content id or None, preprocessed array or None, error or None, quality columns or None)"""
+        """-> (SHA-256 hex of the bytes or None, preprocessed array or None, error or None, quality columns or None)"""
         digest = None
         try:
             if data is None:
                 data = read_location(self.root, uri)
             if self.need_hash:
-                digest = hashlib.sha256(data).hexdigest()[:32]
+                digest = hashlib.sha256(data).hexdigest()
             im = decode_image(data, max_pixels=self.max_pixels, draft=self.draft)
+            check_resized_size(im.size, getattr(self, "input_size", 224), self.max_pixels)
             quality = image_quality(data, im)
             try:
                 x = self.preprocess(im)

@@ -24,12 +24,15 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import sys
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
+import pyarrow as pa
 
 from ..errors import InputError
 from ..models.demo_model import demo_image_mean
@@ -57,10 +60,10 @@ def ingest(
     source,
     db,
     table: str = "images",
-    model=DEFAULT_MODEL,
-    pretrained: str | None = DEFAULT_PRETRAINED,
-    vocab="default",
-    l1: float = 0.25,
+    model=None,
+    pretrained: str | None = None,
+    vocab="auto",
+    l1: float | None = None,
     batch_size: int = 64,
     workers: int | None = None,
     limit: int | None = None,
@@ -89,6 +92,7 @@ def ingest(
     commit_every: int = 100_000,
     encoder_threads: int | None = None,
     rollup: bool | str = "auto",
+    label_from: str | None = "parent",
 ) -> IngestSummary:
     """Ingest ``source`` into table ``table`` of the LanceDB database ``db``; returns an :class:`IngestSummary`.
 
@@ -97,6 +101,13 @@ def ingest(
     source : directory (recursive), manifest (.csv/.tsv/.parquet/.jsonl with a ``uri``/``path`` column
         relative to the manifest, any metadata columns), Lance dataset directory, or ``DB::TABLE``.
     db : LanceDB URI (local directory, ``s3://...``, ...); ``storage_options`` are passed to LanceDB.
+    model, pretrained, vocab, l1, prompt_template : left unset (None; ``vocab="auto"``), an existing table's
+        own settings, else the product defaults (ViT-B-32 / laion2b_s34b_b79k, the "default" vocabulary,
+        l1 0.25, no template); an explicit value that differs from the table's is refused.
+    label_from : folder sources: ``"parent"`` records the parent folder as ``label`` (the ImageFolder
+        convention; a top folder named train/val/test gives ``split``), None turns it off. Every folder
+        file also gets ``modified_at`` (mtime, UTC) and ``taken_at`` (EXIF DateTimeOriginal, UTC when
+        the photo records its offset).
     model, pretrained : open_clip architecture and weights (tag or local file), ``model="demo"`` for the
         offline demo model, or an encoder object with the :class:`~lance_concepts.models.encoder.ClipEncoder` API.
     vocab : vocabulary spec (``"default"``, ``"demo"``, a file, a Vocabulary) or ``None`` for embeddings only.
@@ -135,18 +146,21 @@ def ingest(
         ``lance-concepts rollup``), ``True`` (always) or ``False``.
     """
     t_start = time.perf_counter()
+    check_writable_db(db)
+    model, pretrained, vocab, l1, prompt_template = table_defaults(
+        ImageStore(db, table, storage_options), model, pretrained, vocab, l1, prompt_template)
     batch_size = _check_options(engine=engine, retry_errors=retry_errors, commit_every=commit_every,
                                 batch_size=batch_size, limit=limit, worker_type=worker_type, l1=l1,
                                 encoder_threads=encoder_threads)
     max_pixels = int(max_pixels) if max_pixels else PILLOW_MAX_PIXELS
     src = open_source(source, id_column=id_column, uri_column=uri_column, image_column=image_column,
-                      storage_options=storage_options)
+                      storage_options=storage_options, label_from=label_from)
     n_total = len(src) if limit is None else min(len(src), int(limit))
     enc = resolve_encoder(model, pretrained, device, batch_size)
     voc = resolve_vocabulary(vocab)
     meta = _new_table_metadata(enc, voc, l1, prompt_template, src, table, id_column)
     summary = IngestSummary(db=str(db), table=table, source=src.location, total=n_total,
-                            model=f"{meta['model_name']} ({meta.get('pretrained')}, {meta['model_fingerprint']})",
+                            model=meta["model_name"] + (f" ({meta['pretrained']})" if meta.get("pretrained") else ""),
                             vocabulary=None if voc is None else f"{voc.name} ({len(voc)} concepts)")
     store = ImageStore(db, table, storage_options)
     _open_table(store, src, meta, summary, new_concept_version=new_concept_version,
@@ -154,13 +168,19 @@ def ingest(
                     db, voc, l1, table=table, storage_options=storage_options, encoder=enc,
                     prompt_template=prompt_template, image_mean=image_mean, quiet=quiet, engine=engine,
                     ray_address=ray_address, ray_actors=ray_actors))
-    items = _pending_items(store, src, n_total, retry_errors, summary)
+    if src.skipped_files:
+        summary.notes.append(f"{src.skipped_files} files without an image extension skipped")
+    items = _pending_items(store, src, n_total, retry_errors, summary, by_content=meta["id_source"].startswith("sha256"))
     mean = _settle_image_mean(store, meta, model, image_mean)
-    if not items:
+    if not items:  # an interrupted run may have committed every row but not rebuilt the aggregates
+        note = refresh_rollup(store, None, rollup, quiet) if store.exists() else None
+        if note:
+            summary.notes.append(note)
         return _finish(store, summary, t_start, nothing_to_do=True)
     text = _concept_dictionary(voc, enc, prompt_template, int(meta["embed_dim"]))
     decoder = Decoder(enc.preprocess, src.root, max_pixels, (2 * int(getattr(enc, "image_size", 224))) if draft
-                      else None, need_hash=not src.id_column)
+                      else None, need_hash=True,
+                      input_size=int(getattr(enc, "image_size", 224)))
     with _pillow_pixel_limit(max_pixels):
         if engine == "ray":
             recovering = drive_ray_ingest(
@@ -183,6 +203,56 @@ def ingest(
     if note:
         summary.notes.append(note)
     return _finish(store, summary, t_start)
+
+
+ID_FROM_URI = "uri (lance_concepts.lake.sources.uri_id)"
+CONTENT_FIELD = pa.field("content_sha256", pa.string())  # hex SHA-256 of the file bytes: SQL finds duplicates
+
+
+def check_writable_db(db) -> None:
+    """Refuse a local database that cannot be written before any model is loaded (one-line InputError)."""
+    s = os.fspath(db) if isinstance(db, (str, os.PathLike)) else None
+    if s is None or "://" in s:
+        return  # a connection object or an object store: LanceDB reports its own errors
+    p = Path(s).expanduser()
+    if p.exists() and not p.is_dir():
+        raise InputError(f"db {s!r} is a file, not a LanceDB directory")
+    probe = p
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(f"db {s!r} cannot be created: {str(probe)!r} is a file")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"db {s!r} is not writable ({str(probe)!r}: permission denied)")
+
+
+def table_defaults(store: ImageStore, model, pretrained, vocab, l1, prompt_template):
+    """Unset settings (None, ``vocab="auto"``) -> the existing table's, else the product defaults."""
+    old = store.metadata() if store.exists() else {}
+    has = bool(old) and store.count() > 0
+    if model is None:
+        model = old.get("model_name") if has and old.get("model_name") else DEFAULT_MODEL
+        if pretrained is None:
+            pretrained = old.get("pretrained") if has else DEFAULT_PRETRAINED
+    elif pretrained is None and has and model == old.get("model_name"):
+        pretrained = old.get("pretrained")
+    elif pretrained is None and model == DEFAULT_MODEL:
+        pretrained = DEFAULT_PRETRAINED
+    if vocab == "auto":
+        vocab = _recorded_vocabulary(old) if has else "default"
+    if l1 is None:
+        l1 = float(old["l1_penalty"]) if has and old.get("l1_penalty") is not None else 0.25
+    if prompt_template is None and has:
+        prompt_template = old.get("prompt_template")
+    return model, pretrained, vocab, l1, prompt_template
+
+
+def _recorded_vocabulary(meta: dict):
+    """The vocabulary spec a table was decomposed with (its file when it came from one)."""
+    src = str(meta.get("vocabulary_source") or "")
+    if src.startswith("file:") and os.path.exists(src[5:]):
+        return src[5:]
+    return meta.get("vocabulary")
 
 
 def _check_options(*, engine, retry_errors, commit_every, batch_size, limit, worker_type, l1, encoder_threads) -> int:
@@ -220,7 +290,7 @@ def _new_table_metadata(enc, voc, l1, prompt_template, src, table, id_column) ->
         "postings_table": ptab,
         "image_mean": None,
         "concept_version": 1 if voc is not None else 0,
-        "id_source": f"source column {id_column or 'id'}" if src.id_column else "sha256 of the file content",
+        "id_source": f"source column {id_column or 'id'}" if src.id_column else ID_FROM_URI,
     }
 
 
@@ -231,7 +301,7 @@ def _open_table(store: ImageStore, src, meta: dict, summary: IngestSummary, *, n
     dim = int(meta["embed_dim"])
     if not store.exists():
         meta["created_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        store.create_or_open(images_schema(dim, src.metadata_fields, meta))
+        store.create_or_open(images_schema(dim, [*src.metadata_fields, CONTENT_FIELD], meta))
         store.postings  # noqa: B018  (create the postings table with the images table)
     else:
         store.create_or_open(images_schema(dim, src.metadata_fields))
@@ -249,7 +319,7 @@ def _open_table(store: ImageStore, src, meta: dict, summary: IngestSummary, *, n
                 summary.notes.append(f"existing rows re-decomposed as concept version {done.concept_version}")
                 old = store.metadata()
             for k in ("image_mean", "image_mean_source", "concept_version", "concept_history", "created_at",
-                      "sources"):
+                      "sources", "id_source"):
                 if k in old:
                     meta[k] = old[k]
         elif old:  # an empty table (an earlier run died before its first commit): this run's settings win
@@ -257,12 +327,17 @@ def _open_table(store: ImageStore, src, meta: dict, summary: IngestSummary, *, n
     summary.concept_version = meta.get("concept_version")
 
 
-def _pending_items(store: ImageStore, src, n_total: int, retry_errors: bool, summary: IngestSummary) -> list[WorkItem]:
-    """The source rows not in the table yet (re-runs skip what is there; ``retry_errors`` retries failures)."""
+def _pending_items(store: ImageStore, src, n_total: int, retry_errors: bool, summary: IngestSummary,
+                   by_content: bool = False) -> list[WorkItem]:
+    """The source rows not in the table yet (re-runs skip what is there; ``retry_errors`` retries failures).
+
+    Rows are keyed by the source's id column, else by uri (:func:`uri_id`; the k-th repeat of a uri in
+    a manifest gets ``uri_id(uri + "#k")`` so that no manifest row is lost). ``by_content``: a table
+    created before uri keys, whose ids are content hashes (set after reading; skipped by uri)."""
     have = store.existing(["id", "uri", "status"])
     have_ids = dict(zip(have.column("id").to_pylist(), have.column("status").to_pylist())) if have.num_rows else {}
     have_uris = {}
-    if have.num_rows and not src.id_column:
+    if have.num_rows and by_content and not src.id_column:
         have_uris = dict(zip(have.column("uri").to_pylist(), have.column("status").to_pylist()))
 
     def already(status) -> bool:
@@ -270,12 +345,13 @@ def _pending_items(store: ImageStore, src, n_total: int, retry_errors: bool, sum
 
     items: list[WorkItem] = []
     seen_ids: set[str] = set()
+    repeats: dict[str, int] = {}
     uris = src.table.column("uri").to_pylist()[:n_total]
     ids = src.table.column("id").to_pylist()[:n_total] if src.id_column else [None] * n_total
     for i, (u, ident) in enumerate(zip(uris, ids)):
         if src.id_column:
             # an empty id falls back to one derived from the uri (stable across runs)
-            ident = uri_id(str(u)) if ident is None or str(ident).strip() == "" else str(ident)
+            ident = _uri_key(u, repeats) if ident is None or str(ident).strip() == "" else str(ident)
             if already(have_ids.get(ident)):
                 summary.skipped += 1
                 continue
@@ -283,11 +359,24 @@ def _pending_items(store: ImageStore, src, n_total: int, retry_errors: bool, sum
                 summary.duplicates += 1
                 continue
             seen_ids.add(ident)
-        elif already(have_uris.get(u)):
-            summary.skipped += 1
-            continue
+        elif by_content:
+            if already(have_uris.get(u)):
+                summary.skipped += 1
+                continue
+        else:
+            ident = _uri_key(u, repeats)
+            if already(have_ids.get(ident)):
+                summary.skipped += 1
+                continue
         items.append(WorkItem(i, "" if u is None else str(u), ident))
     return items
+
+
+def _uri_key(u, repeats: dict) -> str:
+    """uri_id of a source uri; its k-th repeat in the same source gets uri_id(uri + "#k")."""
+    key = "" if u is None else str(u)
+    k = repeats[key] = repeats.get(key, -1) + 1
+    return uri_id(key if k == 0 else f"{key}#{k}")
 
 
 def _settle_image_mean(store: ImageStore, meta: dict, model, image_mean) -> np.ndarray | None:

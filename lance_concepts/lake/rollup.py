@@ -43,7 +43,7 @@ import pyarrow as pa
 
 from ..errors import InputError
 from ..threads import hot_path
-from .store import ImageStore, check_db_writable, data_fingerprint, derived_table_name
+from .store import ImageStore, check_db_writable, data_fingerprint, derived_table_name, table_names
 
 __all__ = ["rollup", "RollupSummary", "rollup_table_name", "load_crosstab", "is_current", "data_fingerprint",
            "MAX_GROUPS", "ROLLUP_FORMAT"]
@@ -269,7 +269,9 @@ def rollup(db, table: str = "images", columns: Sequence[str] | None = None, *, m
     data = pa.concat_tables(parts).cast(schema) if parts else schema.empty_table()
     # one commit: the rows and the metadata that locates them land together
     with store.write_lock():
-        with_retries(lambda: store.conn.create_table(name, data, mode="overwrite"), f"write {name}")
+        # "create" for a new table: "overwrite" of a missing dataset logs a Rust WARN on every first ingest
+        mode = "overwrite" if name in table_names(store.conn) else "create"
+        with_retries(lambda: store.conn.create_table(name, data, mode=mode), f"write {name}")
     summary.rows = data.num_rows
     summary.seconds = time.perf_counter() - t0
     return summary

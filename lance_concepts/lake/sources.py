@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import urllib.parse
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,6 +39,7 @@ class Source:
     id_column: str | None = None  # column of `table` holding ids; None: content hash
     bytes_dataset: Any = None  # lance dataset with the image bytes (kind "lance")
     bytes_column: str | None = None
+    skipped_files: int = 0  # non-image files a folder listing passed over
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -149,7 +151,8 @@ def _to_string(col) -> pa.ChunkedArray:
 
 
 def open_source(source, *, id_column: str | None = None, uri_column: str | None = None,
-                image_column: str | None = None, storage_options: Mapping[str, str] | None = None) -> Source:
+                image_column: str | None = None, storage_options: Mapping[str, str] | None = None,
+                label_from: str | None = "parent") -> Source:
     """Resolve ``source`` (directory, manifest file, Lance dataset, or ``DB::TABLE``) to a :class:`Source`."""
     s = os.fspath(source)
     if "::" in s:  # a table of a LanceDB database
@@ -171,7 +174,7 @@ def open_source(source, *, id_column: str | None = None, uri_column: str | None 
             raise InputError(f"cannot open Lance dataset {p}: {exc}") from None
         return _lance_source(ds, str(p), str(p.parent), id_column, uri_column, image_column)
     if p.is_dir():
-        return _directory_source(p)
+        return _directory_source(p, label_from)
     if p.is_file():
         return _manifest_source(p, id_column, uri_column)
     if not p.exists():
@@ -179,18 +182,95 @@ def open_source(source, *, id_column: str | None = None, uri_column: str | None 
     raise InputError(f"source {s!r} is neither a directory, a manifest file nor a Lance table")
 
 
-def _directory_source(p: Path) -> Source:
-    root = p.resolve()
-    uris = []
+SPLIT_FOLDERS = frozenset({"train", "training", "val", "valid", "validation", "test", "testing"})
+
+
+def path_uri(root: str, full: str) -> str:
+    """The uri of a file found under ``root``: its relative POSIX path when the name is valid UTF-8,
+    else a ``file://`` URI of the absolute path with every byte outside the unreserved set
+    percent-encoded (``urllib.parse.quote`` of ``os.fsencode(path)``): lossless, and
+    :func:`~lance_concepts.lake.decode.read_location` opens it byte for byte."""
+    rel = os.path.relpath(full, root)
+    try:
+        rel.encode("utf-8")
+        return Path(rel).as_posix()
+    except UnicodeEncodeError:  # a name in another encoding, decoded with surrogateescape by os.walk
+        return "file://" + urllib.parse.quote(os.fsencode(os.path.abspath(full)))
+
+
+def _text_name(name: str) -> str:
+    """A folder name as text (percent-encoded bytes when it is not UTF-8)."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return urllib.parse.quote(os.fsencode(name))
+
+
+def _exif_taken_at(path: str) -> datetime | None:
+    """EXIF DateTimeOriginal (UTC when OffsetTimeOriginal is present, else the camera's clock as is)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            ifd = im.getexif().get_ifd(0x8769)  # the Exif sub-IFD
+    except Exception:  # not an image, broken EXIF: no capture time
+        return None
+    raw, offset = ifd.get(0x9003), ifd.get(0x9011)  # DateTimeOriginal, OffsetTimeOriginal
+    try:
+        d = datetime.strptime(str(raw).strip("\x00 "), "%Y:%m:%d %H:%M:%S")
+    except (TypeError, ValueError):
+        return None
+    if offset:
+        try:
+            d = datetime.strptime(f"{d:%Y-%m-%d %H:%M:%S}{str(offset).strip()}", "%Y-%m-%d %H:%M:%S%z")
+            d = d.astimezone(timezone.utc).replace(tzinfo=None)
+        except ValueError:
+            pass
+    return d
+
+
+def _walk_images(root: Path) -> tuple[list[str], int]:
+    """Image files under ``root`` (sorted, by extension) and the number of other files skipped."""
+    found, skipped = [], 0
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames.sort()
         for fn in sorted(filenames):
             if os.path.splitext(fn)[1].lower() in IMAGE_EXTENSIONS:
-                full = os.path.join(dirpath, fn)
-                uris.append(Path(os.path.relpath(full, root)).as_posix())
-    if not uris:
-        raise InputError(f"no image files found under {p} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
-    return Source("directory", str(root), str(root), pa.table({"uri": pa.array(uris, pa.string())}))
+                found.append(os.path.join(dirpath, fn))
+            else:
+                skipped += 1
+    return found, skipped
+
+
+def _directory_source(p: Path, label_from: str | None = "parent") -> Source:
+    """A folder tree. ``label_from="parent"`` records the ImageFolder convention (``photos/dog/1.jpg``
+    has label ``dog``; a top folder named train/val/test also gives a ``split`` column); every file
+    gets ``modified_at`` (mtime, UTC) and ``taken_at`` (EXIF DateTimeOriginal) when any file has one."""
+    if label_from not in ("parent", None):
+        raise InputError(f"label_from must be 'parent' or None, got {label_from!r}")
+    root = p.resolve()
+    files, skipped = _walk_images(root)
+    if not files:
+        raise InputError(f"no image files found under {p} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))}; "
+                         f"{skipped} other files skipped)")
+    cols: dict[str, pa.Array] = {"uri": pa.array([path_uri(str(root), f) for f in files], pa.string())}
+    if label_from == "parent":
+        parts = [Path(os.path.relpath(f, root)).parts[:-1] for f in files]
+        labels = [_text_name(ps[-1]) if ps and ps[-1].lower() not in SPLIT_FOLDERS else None for ps in parts]
+        if any(v is not None for v in labels):
+            cols["label"] = pa.array(labels, pa.string())
+        splits = [ps[0].lower() if ps and ps[0].lower() in SPLIT_FOLDERS else None for ps in parts]
+        if any(v is not None for v in splits):
+            cols["split"] = pa.array(splits, pa.string())
+    taken = [_exif_taken_at(f) for f in files]
+    if any(v is not None for v in taken):
+        cols["taken_at"] = pa.array(taken, pa.timestamp("us"))
+    cols["modified_at"] = pa.array([datetime.fromtimestamp(os.stat(f).st_mtime, timezone.utc).replace(tzinfo=None)
+                                    for f in files], pa.timestamp("us"))
+    src = Source("directory", str(root), str(root), pa.table(cols))
+    src.skipped_files = skipped
+    return src
 
 
 def _manifest_source(p: Path, id_column: str | None, uri_column: str | None) -> Source:

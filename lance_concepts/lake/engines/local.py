@@ -12,6 +12,7 @@ import os
 import queue
 import sys
 import threading
+import time
 import warnings
 
 import numpy as np
@@ -36,8 +37,22 @@ from ..summary import IngestSummary
 _WORKER_DECODER = None  # the decode worker's Decoder (set once per worker process)
 
 
-def worker_init(decoder: Decoder):
+def exit_with_parent(parent_pid: int, poll_s: float = 0.5) -> None:
+    """End this worker when the ingest process is gone, however it died (kill -9 included): a daemon
+    thread polls the parent pid (portable; os.getppid() changes when a process is orphaned)."""
+    def watch():
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(1)
+            time.sleep(poll_s)
+
+    threading.Thread(target=watch, name="lance-concepts-parent-watch", daemon=True).start()
+
+
+def worker_init(decoder: Decoder, parent_pid: int | None = None):
     global _WORKER_DECODER
+    if parent_pid is not None:
+        exit_with_parent(parent_pid)
     worker_threads()  # one thread for torch, BLAS and OpenMP: the parallelism is the number of workers
     from PIL import Image
 
@@ -163,7 +178,7 @@ class LocalPipeline:
             return cf.ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="lance-concepts-decode")
         method = self.start_method or default_start_method()
         pool = cf.ProcessPoolExecutor(max_workers=n_workers, mp_context=mp.get_context(method),
-                                      initializer=worker_init, initargs=(decoder,))
+                                      initializer=worker_init, initargs=(decoder, os.getpid()))
         with warnings.catch_warnings():
             # pylance and lancedb warn on every fork. The workers only decode images and never touch
             # lance; forks happen when no lance operation is in flight (at start, and after the
@@ -273,8 +288,8 @@ class LocalPipeline:
 
     def _write(self, ok_items, emb, errs):
         self._ensure_meta()
-        if not self.src.id_column and (ok_items or errs):
-            # content ids: the same file may already be in the table under another uri
+        if str(self.meta.get("id_source", "")).startswith("sha256") and (ok_items or errs):
+            # a table keyed by content (before uri keys): the same file may be there under another uri
             present = self.store.ids_present([i for _, i in ok_items] + [e[1] for e in errs])
             if present:
                 keep = [j for j, (_, i) in enumerate(ok_items) if i not in present]
@@ -305,7 +320,7 @@ class LocalPipeline:
         self.summary.ok += ok_w
         self.summary.errors += err_w
         err_written = errs[:err_w]
-        if self.retry_errors and not self.src.id_column and n_ok:
+        if self.retry_errors and str(self.meta.get("id_source", "")).startswith("sha256") and n_ok:
             # content ids: a retried file that now decodes replaces its uri-keyed error row
             stale = [error_id(it.uri) for it, _ in ok_items]
             lits = ",".join("'" + s.replace("'", "''") + "'" for s in stale)

@@ -272,7 +272,7 @@ class _IngestActor:
         self.enc = _load_encoder(spec)
         Image.MAX_IMAGE_PIXELS = max(int(spec["max_pixels"]), 1)
         self.decoder = Decoder(self.enc.preprocess, spec["root"], spec["max_pixels"], spec["draft"],
-                                need_hash=spec["need_hash"])
+                                need_hash=spec["need_hash"], input_size=int(getattr(self.enc, "image_size", 224)))
         self.concepts = _concepts(spec)
         self.bytes_ds = None
         if spec.get("bytes_source"):
