@@ -29,7 +29,7 @@ def world(tmp_path_factory):
     import lancedb
 
     from lance_concepts.concepts.splice import SpliceDecomposer
-    from lance_concepts.lake.store import concepts_schema, images_schema
+    from lance_concepts.lake.store import conform, concepts_schema, images_schema
 
     rng = np.random.default_rng(0)
     basis, _ = np.linalg.qr(rng.normal(size=(D, D)))
@@ -53,14 +53,14 @@ def world(tmp_path_factory):
     meta = {"model_name": "fake", "pretrained": None, "model_fingerprint": "fake-fingerprint", "embed_dim": D,
             "l1_penalty": 0.1, "image_mean": image_mean.tolist(), "vocabulary": "planted"}
     schema = images_schema(D, [pa.field("colour", pa.string()), pa.field("shape", pa.string())], meta)
-    table = pa.table({
+    table = conform(pa.table({
         "id": [f"i{i}" for i in range(n)], "uri": [f"{i}.png" for i in range(n)],
         "colour": [COLOURS[c] for c in colour], "shape": [SHAPES[s] for s in shape],
         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(X.astype(np.float32).ravel()), D),
         "concept_ids": pa.array(ids, pa.list_(pa.int32())), "concept_weights": pa.array(ws, pa.list_(pa.float32())),
         "l0": pa.array([len(x) for x in ids], pa.int32()), "splice_cosine": pa.array(np.zeros(n), pa.float32()),
         "status": ["ok"] * n, "error": pa.nulls(n, pa.string()),
-    }).cast(schema)
+    }), schema).replace_schema_metadata(schema.metadata)
     path = str(tmp_path_factory.mktemp("edit-synth") / "db.lancedb")
     db = lancedb.connect(path)
     db.create_table("images", table)

@@ -46,7 +46,7 @@ def make_db(path, n=300, seed=0, rare=("dog", 3)):
     """A database in the project's layout (store.py schemas) with random vectors and concepts."""
     import lancedb
 
-    from lance_concepts.lake.store import concepts_schema, images_schema
+    from lance_concepts.lake.store import conform, concepts_schema, images_schema
 
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(n, D)).astype(np.float32)
@@ -69,7 +69,7 @@ def make_db(path, n=300, seed=0, rare=("dog", 3)):
               pa.field("flag", pa.bool_())]
     schema = images_schema(D, fields, meta)
     ts = [dt.datetime(2024, 1, 1) + dt.timedelta(days=int(d)) for d in rng.integers(0, 360, n)]
-    table = pa.table({
+    table = conform(pa.table({
         "id": [f"img{i:04d}" for i in range(n)], "uri": [f"images/{i}.png" for i in range(n)],
         "label": labels, "timestamp": pa.array(ts, pa.timestamp("us")),
         "n": pa.array(rng.integers(-5, 5, n), pa.int32()), "flag": (rng.random(n) < 0.5).tolist(),
@@ -78,7 +78,7 @@ def make_db(path, n=300, seed=0, rare=("dog", 3)):
         "l0": pa.array([0 if x is None else len(x) for x in ids], pa.int32()),
         "splice_cosine": pa.array(rng.random(n), pa.float32()), "status": status,
         "error": [("broken file" if s == "error" else None) for s in status],
-    }).cast(schema)
+    }), schema).replace_schema_metadata(schema.metadata)
     db = lancedb.connect(str(path))
     db.create_table("images", table, on_bad_vectors="null")  # error rows have null embeddings
     cemb = rng.normal(size=(len(VOCAB), D)).astype(np.float32)

@@ -313,14 +313,32 @@ def test_browser_filter_open_image_and_more_like_this(browser, server, world):
     assert tile_ids(browser)
 
 
+def click_suggestion(browser, text: str, attempts: int = 20):
+    """The suggestion list is redrawn after each keystroke: retry until one stays put long enough to click."""
+    import time
+
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    for _ in range(attempts):
+        try:
+            hits = [b for b in browser.find_elements(By.CSS_SELECTOR, ".suggestion") if b.text == text]
+            if hits:
+                hits[0].click()
+                return
+        except StaleElementReferenceException:
+            pass
+        time.sleep(0.25)
+    raise AssertionError(f"no clickable suggestion {text!r}")
+
+
 def test_browser_concept_autocomplete_in_the_condition(browser, server, world):
     from selenium.webdriver.common.by import By
 
     browser.get(server.url + "/")
     box = browser.find_element(By.ID, "where")
     box.send_keys("label = 'circle' AND concept('gra")
-    button = next(b for b in browser.find_elements(By.CSS_SELECTOR, ".suggestion") if b.text == "grass")
-    button.click()
+    click_suggestion(browser, "grass")
     assert box.get_attribute("value") == "label = 'circle' AND concept('grass')"
     box.send_keys(" = 0")
     browser.find_element(By.ID, "apply").click()  # "show me circles without grass"

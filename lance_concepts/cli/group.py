@@ -10,7 +10,21 @@ from .. import __version__
 
 
 class _FriendlyErrors(click.Group):
-    """Turn the package's expected errors (missing weights, bad input) into one clear line, not a traceback."""
+    """Turn the package's expected errors (missing weights, bad input) into one clear line, not a traceback,
+    and Ctrl-C at any moment into exit code 130 (click's own "Aborted!" exits 1, which reads as a failure)."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.Abort:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
     def invoke(self, ctx):
         from ..errors import LanceConceptsError

@@ -251,7 +251,8 @@ def check_max_lift(con, e) -> Outcome:
     col = e.get("label_column", "label")
     res = spurious(con, col, min_lift=float(e["max"]), top=10_000, label_match=e.get("label_match", "string"),
                    min_support=int(e.get("min_support", 5)), alpha=float(e.get("alpha", 0.05)))
-    rows = [r for r in res.records() if str(r["label"]) == str(e["label"]) and r["lift"] > e["max"]]
+    rows = [r for r in res.records() if str(r["label"]) == str(e["label"])
+            and r.get("kind", "over_represented") == "over_represented" and (r.get("lift") or 0) > e["max"]]
     exp = f"no concept with lift > {e['max']:g} for {col} = {e['label']!r}"
     if not rows:
         return Outcome(e["name"], e["type"], "pass", exp, "none", 0)
