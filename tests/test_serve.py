@@ -285,10 +285,19 @@ def shot(browser, name):
     browser.save_screenshot(str(browser.shots / f"{name}.png"))
 
 
-def tile_ids(browser):
-    from selenium.webdriver.common.by import By
+def tile_ids(browser, attempts: int = 40):
+    """The grid's image ids, read in one script once the page has loaded (the grid is redrawn while a
+    new page loads: element handles taken one by one can go stale)."""
+    import time
 
-    return [e.get_attribute("data-id") for e in browser.find_elements(By.CSS_SELECTOR, ".tile")]
+    for _ in range(attempts):
+        if browser.execute_script("return document.readyState") == "complete":
+            ids = browser.execute_script(
+                "return Array.from(document.querySelectorAll('.tile')).map(e => e.getAttribute('data-id'))")
+            if ids:
+                return ids
+        time.sleep(0.25)
+    return []
 
 
 def test_browser_filter_open_image_and_more_like_this(browser, server, world):
@@ -333,7 +342,10 @@ def click_suggestion(browser, text: str, attempts: int = 20):
 
 
 def test_browser_concept_autocomplete_in_the_condition(browser, server, world):
+    from urllib.parse import unquote_plus
+
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(server.url + "/")
     box = browser.find_element(By.ID, "where")
@@ -342,6 +354,7 @@ def test_browser_concept_autocomplete_in_the_condition(browser, server, world):
     assert box.get_attribute("value") == "label = 'circle' AND concept('grass')"
     box.send_keys(" = 0")
     browser.find_element(By.ID, "apply").click()  # "show me circles without grass"
+    WebDriverWait(browser, 30).until(lambda b: "grass" in unquote_plus(b.current_url))
     ids = tile_ids(browser)
     assert ids and all(world["truth"][i]["shape"] == "circle" for i in ids)
     assert sum(world["truth"][i]["background"] != "grass" for i in ids) / len(ids) >= 0.8
